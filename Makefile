@@ -1,0 +1,59 @@
+# bctbench — thin, self-documenting aliases over the `bctbench` CLI (`make help`).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+METHOD ?= advbct
+BENCH  ?= synth_class30to100
+SEED   ?= 0
+SEEDS  ?= 0 1 2
+ARGS   ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help venv bench bench-all smoke leaderboard data test test-all lint format clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
+	@echo "  variables: METHOD=$(METHOD) BENCH=$(BENCH) SEED=$(SEED) SEEDS='$(SEEDS)'"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP) ## create .venv and install bctbench with dev extras
+
+bench: $(STAMP) ## train (old model cached), evaluate METHOD on BENCH with SEED, print the leaderboard
+	$(BIN)/bctbench run --benchmark $(BENCH) --method $(METHOD) --seed $(SEED) $(ARGS)
+
+bench-all: $(STAMP) ## every registered method x SEEDS on BENCH, then the leaderboard
+	$(BIN)/bctbench run-all --benchmark $(BENCH) --seeds $(SEEDS) $(ARGS)
+
+smoke: $(STAMP) ## every registered method on the tiny smoke benchmark (CPU, CI-sized)
+	$(BIN)/bctbench run-all --benchmark smoke --seeds 0 $(ARGS)
+
+leaderboard: $(STAMP) ## print the leaderboard of BENCH from results/ alone
+	$(BIN)/bctbench leaderboard --benchmark $(BENCH)
+
+data: $(STAMP) ## generate the embedded synthetic dataset (cached in the data root)
+	$(BIN)/bctbench make-synthetic
+
+test: $(STAMP) ## default test tier (CPU, offline; not slow/gpu/data)
+	$(BIN)/python -m pytest -q -m "not slow and not gpu and not data"
+
+test-all: $(STAMP) ## every test tier the machine can run
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP) ## ruff lint + format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP) ## apply ruff fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean: ## remove caches and build outputs (keeps .venv, data/ and results/)
+	rm -rf .pytest_cache .ruff_cache build dist *.egg-info lightning_logs
+	find . -name __pycache__ -type d -prune -not -path './.venv/*' -exec rm -rf {} +

@@ -1,0 +1,128 @@
+"""Old-model artefacts, computed once per (old checkpoint, split) and cached by content hash.
+
+Kinds (methods.md §2, §13):
+
+* ``old_classifier`` — ``weight: float[C_old, d]`` (W_o, frozen).
+* ``old_features_new`` — old embeddings of every image of the new training set, L2-normalised, stored as
+  ``float16[N_new, d]`` with ``labels``/``old_labels`` ``int64[N_new]`` (test transform, eval mode).
+* ``class_means_new`` — ``means: float[C_new, d]`` (P^o_k: mean of normalised old features over the new
+  training set, not re-normalised) and ``counts: int64[C_new]``.
+* ``advbct_meta`` — dense class metadata over the **old** training set (centres, 1.5-IQR radii/angles;
+  :func:`bctbench.prototypes.advbct_class_meta`), indexed by old label.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bctbench.errors import BCTBenchError
+from bctbench.evaluation.features import extract_features
+from bctbench.old_model import FrozenOldModel
+
+log = logging.getLogger(__name__)
+
+KINDS = ("old_classifier", "old_features_new", "class_means_new", "advbct_meta")
+
+
+@dataclass(frozen=True)
+class TrainingImages:
+    """Images of one training set (paths + labels) for offline old-model passes."""
+
+    paths: Sequence[str]
+    labels: torch.Tensor  # int64[N], label space of that training set
+    old_labels: torch.Tensor  # int64[N], −1 when the old model has no such class
+    num_classes: int
+
+
+class ArtifactStore:
+    """Lazy, cached old-model artefacts (see module docstring).
+
+    ``new_images``/``old_images``: callables returning :class:`TrainingImages` of the new / old training set;
+    ``transform``: the benchmark's test transform. Files: ``root/<key>.pt``, key = sha256 of (old sha256,
+    split sha256, kind, transform).
+    """
+
+    def __init__(self, root: str | Path, old: FrozenOldModel, split_sha256: str,
+                 new_images: Callable[[], TrainingImages], old_images: Callable[[], TrainingImages], transform,
+                 *, batch_size: int = 256, num_workers: int = 0, device: str = "cpu") -> None:
+        self.root = Path(root)
+        self.old = old
+        self.split_sha256 = split_sha256
+        self._new_images = new_images
+        self._old_images = old_images
+        self.transform = transform
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.device = device
+        self._memo: dict[str, dict[str, torch.Tensor]] = {}
+
+    def key(self, kind: str) -> str:
+        blob = json.dumps([self.old.sha256, self.split_sha256, kind, repr(self.transform)])
+        return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+    def get(self, kind: str) -> dict[str, torch.Tensor]:
+        """Return artefact ``kind`` (computed and cached on first use)."""
+        if kind not in KINDS:
+            raise BCTBenchError(f"unknown artefact kind '{kind}' (known: {', '.join(KINDS)})")
+        if kind in self._memo:
+            return self._memo[kind]
+        path = self.root / f"{kind}-{self.key(kind)}.pt"
+        if path.is_file():
+            value = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            log.info("computing old-model artefact '%s' (cached at %s)", kind, path)
+            value = getattr(self, f"_compute_{kind}")()
+            self._save(value, path)
+        self._memo[kind] = value
+        return value
+
+    def _save(self, value: dict[str, torch.Tensor], path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(value, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def _old_features(self, images: TrainingImages) -> torch.Tensor:
+        from bctbench.method import Encoder
+
+        encoder = Encoder(self.old.model.embedder, f"old:{self.old.sha256}")
+        feats = extract_features(encoder, list(images.paths), None, self.transform, batch_size=self.batch_size,
+                                 num_workers=self.num_workers, device=self.device, desc="old features")
+        return torch.from_numpy(feats)
+
+    def _compute_old_classifier(self) -> dict[str, torch.Tensor]:
+        return {"weight": self.old.classifier_weight.detach().cpu().clone()}
+
+    def _compute_old_features_new(self) -> dict[str, torch.Tensor]:
+        images = self._new_images()
+        feats = self._old_features(images)
+        return {"features": feats.half(), "labels": images.labels.clone(), "old_labels": images.old_labels.clone(),
+                "num_classes": torch.tensor(images.num_classes)}
+
+    def _compute_class_means_new(self) -> dict[str, torch.Tensor]:
+        from bctbench.prototypes import class_means
+
+        data = self.get("old_features_new")
+        means, counts = class_means(data["features"].float(), data["labels"], int(data["num_classes"]))
+        return {"means": means, "counts": counts}
+
+    def _compute_advbct_meta(self) -> dict[str, torch.Tensor]:
+        from bctbench.prototypes import advbct_class_meta
+
+        images = self._old_images()
+        feats = self._old_features(images)
+        return advbct_class_meta(feats, images.labels, images.num_classes)

@@ -1,0 +1,242 @@
+"""The ``bctbench`` console script. Subcommands are thin wrappers over :mod:`bctbench.pipeline`.
+
+User errors (:class:`bctbench.errors.BCTBenchError`) print one line ``error: ...`` and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from bctbench.errors import BCTBenchError
+
+log = logging.getLogger("bctbench")
+
+
+def _add_roots(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", default=None, help="data root (default: $BCTBENCH_DATA or ./data)")
+    p.add_argument("--cache-root", default=None, help="cache root (default: $BCTBENCH_CACHE or ./cache)")
+    p.add_argument("--results-root", default=None, help="results root (default: $BCTBENCH_RESULTS or ./results)")
+
+
+def _add_runtime(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="method hyperparameter or runtime option (repeatable); protocol keys are rejected")
+    p.add_argument("--accelerator", default="auto", help="Lightning accelerator (cpu, gpu, auto)")
+    p.add_argument("--devices", default="auto", help="Lightning devices (e.g. 1, 4, auto)")
+    p.add_argument("--num-nodes", type=int, default=1)
+    p.add_argument("--strategy", default="auto", help="Lightning strategy (auto, ddp, ...)")
+    p.add_argument("--num-workers", type=int, default=None, help="data loader workers (default: the spec's)")
+    p.add_argument("--no-wandb", action="store_true", help="do not log to W&B")
+    p.add_argument("--resume", action="store_true", help="resume the new model from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bctbench",
+        description="Benchmark suite for backward-compatible training (BCT) of retrieval embeddings.",
+    )
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging and full tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("methods", help="list the registered methods with their papers")
+    p.add_argument("--all", action="store_true", help="import every plugin and flag broken ones")
+
+    p = sub.add_parser("benchmarks", help="list the benchmark specs")
+
+    p = sub.add_parser("make-synthetic", help="generate the embedded synthetic landmark dataset")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--name", default="synth", help="folder under the data root (default: synth)")
+    p.add_argument("--size", choices=("default", "tiny"), default="default")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="regenerate even if a valid copy exists")
+
+    p = sub.add_parser("prepare-data", help="validate a benchmark's dataset and write its split files")
+    p.add_argument("--benchmark", "-b", required=True)
+    _add_roots(p)
+
+    p = sub.add_parser("train-old", help="train (or register) the benchmark's shared old model")
+    p.add_argument("--benchmark", "-b", required=True)
+    p.add_argument("--checkpoint", default=None, help="register this checkpoint instead of training")
+    p.add_argument("--seed", type=int, default=0)
+    _add_roots(p)
+    _add_runtime(p)
+
+    p = sub.add_parser("run", help="train a method's new model, evaluate it, write its result")
+    p.add_argument("--benchmark", "-b", required=True)
+    p.add_argument("--method", "-m", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    _add_roots(p)
+    _add_runtime(p)
+
+    p = sub.add_parser("run-all", help="run every registered method for several seeds, then the leaderboard")
+    p.add_argument("--benchmark", "-b", required=True)
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the spec's seeds")
+    p.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
+    _add_roots(p)
+    _add_runtime(p)
+
+    p = sub.add_parser("evaluate", help="evaluate a saved new-model checkpoint against the old model")
+    p.add_argument("--benchmark", "-b", required=True)
+    p.add_argument("--checkpoint", required=True)
+    _add_roots(p)
+    _add_runtime(p)
+
+    p = sub.add_parser("leaderboard", help="render the leaderboard of a benchmark from results/ alone")
+    p.add_argument("--benchmark", "-b", required=True)
+    p.add_argument("--format", choices=("md", "csv", "latex"), default="md")
+    p.add_argument("--out", default=None, help="write to this file instead of stdout")
+    p.add_argument("--plots", default=None, help="folder for PNG plots (default: results/<benchmark>/plots)")
+    p.add_argument("--results-root", default=None)
+    return parser
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    from bctbench.registry import get_method, list_methods, load_all_methods
+
+    if args.all:
+        loaded = load_all_methods()
+        for name in list_methods():
+            cls = loaded.get(name)
+            status = (cls.paper.split("\n")[0] if cls is not None else "BROKEN (see warning)")
+            print(f"{name:16s} {status}")
+        return 0
+    for name in list_methods():
+        try:
+            paper = get_method(name).paper.split("\n")[0]
+        except Exception as exc:  # noqa: BLE001 - listing never crashes
+            paper = f"BROKEN: {exc}"
+        print(f"{name:16s} {paper}")
+    return 0
+
+
+def _cmd_benchmarks(args: argparse.Namespace) -> int:
+    from bctbench.config import list_benchmarks, load_benchmark
+
+    for name in list_benchmarks():
+        print(f"{name:32s} {load_benchmark(name).description}")
+    return 0
+
+
+def _cmd_make_synthetic(args: argparse.Namespace) -> int:
+    from bctbench.paths import resolve_data_root
+    from datamodules.synthetic import SyntheticConfig, make_synthetic
+
+    config = SyntheticConfig.tiny() if args.size == "tiny" else SyntheticConfig()
+    path = make_synthetic(resolve_data_root(args.data_root), name=args.name, seed=args.seed, config=config,
+                          force=args.force)
+    print(f"synthetic dataset ready: {path}")
+    return 0
+
+
+def _cmd_prepare_data(args: argparse.Namespace) -> int:
+    from bctbench import pipeline
+
+    ctx = pipeline.RunContext.create(args.benchmark, args.data_root, args.cache_root, args.results_root)
+    info = pipeline.prepare_data(ctx)
+    for key, value in info.items():
+        print(f"{key}: {value}")
+    return 0
+
+
+def _runtime_from_args(args: argparse.Namespace):
+    from bctbench import pipeline
+
+    return pipeline.Runtime(
+        accelerator=args.accelerator, devices=args.devices, num_nodes=args.num_nodes, strategy=args.strategy,
+        num_workers=args.num_workers, wandb=not args.no_wandb, resume=args.resume,
+        progress=not args.quiet and sys.stderr.isatty(),
+    )
+
+
+def _cmd_train_old(args: argparse.Namespace) -> int:
+    from bctbench import pipeline
+
+    ctx = pipeline.RunContext.create(args.benchmark, args.data_root, args.cache_root, args.results_root)
+    old = pipeline.ensure_old_model(ctx, _runtime_from_args(args), checkpoint=args.checkpoint, seed=args.seed)
+    print(f"old model: {old.path} (sha256 {old.sha256})")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from bctbench import pipeline
+
+    ctx = pipeline.RunContext.create(args.benchmark, args.data_root, args.cache_root, args.results_root)
+    pipeline.run(ctx, args.method, seed=args.seed, overrides=args.overrides, runtime=_runtime_from_args(args))
+    print(pipeline.render_leaderboard(ctx))
+    return 0
+
+
+def _cmd_run_all(args: argparse.Namespace) -> int:
+    from bctbench import pipeline
+
+    ctx = pipeline.RunContext.create(args.benchmark, args.data_root, args.cache_root, args.results_root)
+    failed = pipeline.run_all(ctx, methods=args.methods, seeds=args.seeds, overrides=args.overrides,
+                              runtime=_runtime_from_args(args))
+    print(pipeline.render_leaderboard(ctx))
+    if failed:
+        print("error: failed runs: " + ", ".join(failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from bctbench import pipeline
+
+    ctx = pipeline.RunContext.create(args.benchmark, args.data_root, args.cache_root, args.results_root)
+    report = pipeline.evaluate_checkpoint(ctx, args.checkpoint, runtime=_runtime_from_args(args))
+    print(report.to_frame().to_string(index=False))
+    return 0
+
+
+def _cmd_leaderboard(args: argparse.Namespace) -> int:
+    from bctbench.leaderboard import render
+    from bctbench.paths import resolve_results_root
+
+    text = render(resolve_results_root(args.results_root), args.benchmark, fmt=args.format, out=args.out,
+                  plots_dir=args.plots)
+    if args.out is None:
+        print(text)
+    else:
+        print(f"wrote {args.out}")
+    return 0
+
+
+COMMANDS = {
+    "methods": _cmd_methods,
+    "benchmarks": _cmd_benchmarks,
+    "make-synthetic": _cmd_make_synthetic,
+    "prepare-data": _cmd_prepare_data,
+    "train-old": _cmd_train_old,
+    "run": _cmd_run,
+    "run-all": _cmd_run_all,
+    "evaluate": _cmd_evaluate,
+    "leaderboard": _cmd_leaderboard,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except BCTBenchError as exc:
+        if args.verbose or os.environ.get("BCTBENCH_TRACEBACK"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

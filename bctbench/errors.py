@@ -1,0 +1,34 @@
+"""Exception types. Every error a user can cause derives from :class:`BCTBenchError`.
+
+The CLI prints such errors as one line (``error: <message>``) and exits with status 2, so messages must name
+the offending file, line, id or key themselves.
+"""
+
+from __future__ import annotations
+
+
+class BCTBenchError(Exception):
+    """Base class of user-facing errors (bad input, bad configuration, unknown names)."""
+
+
+class DataError(BCTBenchError):
+    """A dataset file or folder is missing, malformed or inconsistent."""
+
+
+class ConfigError(BCTBenchError):
+    """A benchmark spec, override or option is invalid."""
+
+
+class UnknownMethodError(BCTBenchError, KeyError):
+    """A method name that no registry source knows; the message lists the valid names."""
+
+    def __str__(self) -> str:  # KeyError would otherwise repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class EvaluationError(BCTBenchError):
+    """Features, rankings or ground truth handed to the evaluator are inconsistent."""
+
+
+class CheckpointError(BCTBenchError):
+    """A checkpoint is missing, does not match its sha256, or does not fit the model strictly."""

@@ -1,0 +1,1 @@
+"""Evaluation: pure metrics, search, feature extraction and the compatibility evaluator."""

@@ -1,0 +1,177 @@
+"""The compatibility evaluator shared by every method.
+
+For every eval set it embeds queries and gallery with each encoder it needs, ranks each (query model,
+gallery model) pair and scores it with the eval set's own metric, producing tidy rows
+``(eval_set, protocol, query_model, gallery_model, metric, value)``; it also computes backfilling curves.
+Metric keys: ``test/{eval_set}/{protocol}/{query}-{gallery}/{metric}``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bctbench.errors import EvaluationError
+from bctbench.evaluation.backfill import backfill_curves, random_order
+from bctbench.evaluation.features import FeatureCache, extract_features, feature_key
+from bctbench.evaluation.search import rank
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PAIRS = ("old-old", "new-old", "new-new", "old-new")
+
+
+def metric_key(eval_set: str, protocol: str, query: str, gallery: str, metric: str, split: str = "test") -> str:
+    return f"{split}/{eval_set}/{protocol}/{query}-{gallery}/{metric}"
+
+
+@dataclass
+class CompatibilityReport:
+    """Tidy metric rows and backfilling curves of one evaluation."""
+
+    rows: list[dict] = field(default_factory=list)
+    curves: list[dict] = field(default_factory=list)
+    primary: dict[str, list[str]] = field(default_factory=dict)
+
+    def metric_dict(self) -> dict[str, float]:
+        return {metric_key(r["eval_set"], r["protocol"], r["query_model"], r["gallery_model"], r["metric"]):
+                r["value"] for r in self.rows}
+
+    def value(self, eval_set: str, protocol: str, pair: str, metric: str) -> float:
+        q, g = pair.split("-")
+        for r in self.rows:
+            if (r["eval_set"], r["protocol"], r["query_model"], r["gallery_model"], r["metric"]) == (
+                    eval_set, protocol, q, g, metric):
+                return r["value"]
+        raise KeyError((eval_set, protocol, pair, metric))
+
+    def to_frame(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.rows, columns=["eval_set", "protocol", "query_model", "gallery_model", "metric",
+                                                "value"])
+
+
+@dataclass
+class BackfillSettings:
+    """Which backfilling curves to compute: fractions, modes, and orders (``random`` with seeds, plus any
+    method-provided score orders)."""
+
+    n_fractions: int = 11
+    seeds: Sequence[int] = (0,)
+    modes: Sequence[str] = ("mixed",)
+    enabled: bool = True
+
+
+class CompatibilityEvaluator:
+    """Evaluate encoders on eval sets (see module docstring).
+
+    ``transform``: the benchmark's test transform (same for every model). ``cache``: optional
+    :class:`FeatureCache` (old gallery features are then computed once per benchmark). ``variant``: eval
+    protocol variant string recorded in the cache key (e.g. ``"crop"`` or ``"advbct_compat"``).
+    """
+
+    def __init__(
+        self,
+        eval_sets: Sequence,
+        transform,
+        *,
+        pairs: Sequence[str] = DEFAULT_PAIRS,
+        cache: FeatureCache | str | Path | None = None,
+        variant: str = "crop",
+        batch_size: int = 128,
+        num_workers: int = 0,
+        device: str = "cpu",
+        bf16: bool = False,
+        progress: bool = False,
+        backfill: BackfillSettings | None = None,
+    ) -> None:
+        if not eval_sets:
+            raise EvaluationError("no eval sets to evaluate")
+        self.eval_sets = list(eval_sets)
+        self.transform = transform
+        self.pairs = [tuple(p.split("-")) for p in pairs]
+        self.cache = FeatureCache(cache) if isinstance(cache, (str, Path)) else cache
+        self.variant = variant
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.device = device
+        self.bf16 = bf16
+        self.progress = progress
+        self.backfill = backfill or BackfillSettings()
+
+    def features(self, encoder, eval_set, part: str) -> np.ndarray:
+        """``float32[n, D]`` features of ``part`` ∈ {query, gallery} of ``eval_set`` (cached)."""
+        if part == "query":
+            paths, boxes = eval_set.query_paths, eval_set.query_boxes
+        else:
+            paths, boxes = eval_set.gallery_paths, None
+        key = feature_key(encoder.identity, eval_set.name, part, self.variant, self.transform, paths, boxes)
+        if self.cache is not None and (hit := self.cache.get(key)) is not None and hit.shape[0] == len(paths):
+            return hit
+        feats = extract_features(encoder, paths, boxes, self.transform, batch_size=self.batch_size,
+                                 num_workers=self.num_workers, device=self.device, bf16=self.bf16,
+                                 progress=self.progress, desc=f"{eval_set.name}/{part}/{encoder.identity[:20]}")
+        if self.cache is not None:
+            self.cache.put(key, feats)
+        return feats
+
+    def evaluate(
+        self,
+        encoders: Mapping,
+        *,
+        backfill_orders: Mapping[str, Callable[[object, Mapping[str, np.ndarray]], np.ndarray]] | None = None,
+    ) -> CompatibilityReport:
+        """Evaluate ``encoders`` (``{"old": ..., "new": ..., ...}``) on every eval set.
+
+        ``backfill_orders``: extra named orders, each a callable ``(eval_set, gallery_features_by_model) ->
+        int64[N]`` permutation (e.g. Hot-refresh's uncertainty order), used besides the seeded random orders.
+        """
+        report = CompatibilityReport()
+        needed = sorted({m for pair in self.pairs for m in pair})
+        missing = [m for m in needed if m not in encoders]
+        if missing:
+            raise EvaluationError(f"encoders missing for {missing} (given: {sorted(encoders)})")
+        for es in self.eval_sets:
+            report.primary[es.name] = [es.primary_protocol, es.primary_metric]
+            q_feats = {m: self.features(encoders[m], es, "query") for m in needed}
+            g_feats = {m: self.features(encoders[m], es, "gallery") for m in needed}
+            top1_old = None
+            for q, g in self.pairs:
+                if q_feats[q].shape[1] != g_feats[g].shape[1]:
+                    raise EvaluationError(
+                        f"{es.name}: {q}->{g} query dim {q_feats[q].shape[1]} != gallery dim {g_feats[g].shape[1]}"
+                    )
+                ranks = rank(q_feats[q], g_feats[g], topk=es.ranking_depth)
+                for protocol, values in es.score(ranks).items():
+                    for metric, value in values.items():
+                        report.rows.append({"eval_set": es.name, "protocol": protocol, "query_model": q,
+                                            "gallery_model": g, "metric": metric, "value": float(value)})
+                if (q, g) == ("old", "old"):
+                    top1_old = es.top1_correct(ranks)
+            if self.backfill.enabled and {"old", "new"} <= set(encoders):
+                report.curves.extend(self._curves(es, q_feats, g_feats, top1_old, backfill_orders or {}))
+        return report
+
+    def _curves(self, es, q_feats, g_feats, top1_old, extra_orders) -> list[dict]:
+        if q_feats["new"].shape[1] != g_feats["old"].shape[1]:
+            return []  # no shared space: the method has no mixed-gallery backfilling
+        n = g_feats["old"].shape[0]
+        orders: list[tuple[str, int | None, np.ndarray]] = [
+            ("random", s, random_order(n, s)) for s in self.backfill.seeds
+        ]
+        for name, fn in extra_orders.items():
+            orders.append((name, None, np.asarray(fn(es, g_feats), dtype=np.int64)))
+        fractions = np.round(np.linspace(0, 1, self.backfill.n_fractions), 10)
+        out = []
+        for mode in self.backfill.modes:
+            for name, seed, order in orders:
+                curves = backfill_curves(es, q_feats["new"], g_feats["old"], g_feats["new"], order,
+                                         order_name=name, order_seed=seed, fractions=fractions, mode=mode,
+                                         query_old=q_feats.get("old"), old_top1=top1_old)
+                out.extend(c.to_dict() for c in curves)
+        return out

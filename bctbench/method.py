@@ -1,0 +1,250 @@
+"""The method plugin contract: :class:`CompatibilityMethod`, a LightningModule template.
+
+A plugin subclasses :class:`CompatibilityMethod`, declares metadata and keyword-only typed hyperparameters
+with reference defaults, and implements :meth:`CompatibilityMethod.compatibility_loss`. The base class builds
+the new model and the frozen old model, runs the training step (new forward; old forward under ``no_grad``
+only when ``needs_old_forward``), sums and logs the named loss terms, builds the optimiser from the frozen
+benchmark recipe and exposes the encoders that the evaluator uses.
+
+Tensor conventions: images ``float[B, 3, H, W]``; ``labels`` ``int64[B]`` in the new label space;
+``old_labels`` ``int64[B]`` in the old label space (−1 when the old model has no such class); embeddings
+``float[B, d]`` raw neck output (not normalised); ``embedding_normed`` is L2-normalised.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bctbench.errors import BCTBenchError, ConfigError
+from bctbench.models import EmbeddingModel
+from bctbench.old_model import FrozenOldModel, load_old_model
+
+Batch = dict[str, torch.Tensor]
+
+
+class NonFiniteLossError(BCTBenchError):
+    """A loss term became NaN or infinite during training."""
+
+
+@dataclass(frozen=True)
+class MethodSetup:
+    """What the benchmark gives a method (primitives only, so it round-trips through checkpoints)."""
+
+    backbone_new: str
+    backbone_old: str
+    embed_dim: int
+    num_classes_new: int
+    num_classes_old: int
+    old_checkpoint: str
+    old_checkpoint_sha256: str | None = None
+    optimizer: dict[str, Any] = field(default_factory=lambda: {"name": "sgd", "lr": 0.1, "momentum": 0.9,
+                                                                "weight_decay": 5e-4, "milestones": [],
+                                                                "gamma": 0.1, "warmup_epochs": 0})
+    max_epochs: int = 1
+    image_size: int = 64
+    pretrained_weights: str | None = None
+    artifact_store: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MethodSetup:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class ModelOutput:
+    """One model's output on a batch: ``embedding[B, d]`` (raw), ``embedding_normed[B, d]``, ``logits[B, C]``."""
+
+    embedding: torch.Tensor
+    embedding_normed: torch.Tensor
+    logits: torch.Tensor | None = None
+
+    @classmethod
+    def from_embedding(cls, embedding: torch.Tensor, logits: torch.Tensor | None = None) -> ModelOutput:
+        return cls(embedding, F.normalize(embedding.float(), dim=1), logits)
+
+
+class Encoder(nn.Module):
+    """An evaluation encoder: ``forward(images[B, 3, H, W]) -> float32[B, D]``, unit-norm rows.
+
+    ``identity`` is a string that changes whenever the weights change (feature-cache key).
+    """
+
+    def __init__(self, net: nn.Module, identity: str) -> None:
+        super().__init__()
+        self.net = net
+        self.identity = identity
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.net(images)
+        if isinstance(out, tuple):
+            out = out[0]
+        return F.normalize(out.float(), dim=1)
+
+
+def module_digest(module: nn.Module) -> str:
+    """sha256 (16 hex) of a module's parameters and buffers, in state-dict order."""
+    h = hashlib.sha256()
+    for key, tensor in module.state_dict().items():
+        h.update(key.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def build_optimizer(params: Iterable[Any], spec: Mapping[str, Any], max_epochs: int):
+    """Optimiser + per-epoch schedule from a recipe dict (``name``, ``lr``, ``momentum``, ``weight_decay``,
+    ``milestones``, ``gamma``, ``warmup_epochs``). Returns Lightning's ``configure_optimizers`` dict."""
+    name = spec.get("name", "sgd")
+    if name == "sgd":
+        opt = torch.optim.SGD(params, lr=spec["lr"], momentum=spec.get("momentum", 0.9),
+                              weight_decay=spec.get("weight_decay", 0.0))
+    elif name == "adamw":
+        opt = torch.optim.AdamW(params, lr=spec["lr"], weight_decay=spec.get("weight_decay", 0.0))
+    else:
+        raise ConfigError(f"optimizer.name: unknown optimiser '{name}'")
+    milestones = sorted(int(m) for m in spec.get("milestones", ()))
+    gamma = float(spec.get("gamma", 0.1))
+    warmup = int(spec.get("warmup_epochs", 0))
+
+    def factor(epoch: int) -> float:
+        decay = gamma ** sum(epoch >= m for m in milestones)
+        return decay * (min(1.0, (epoch + 1) / (warmup + 1)) if warmup else 1.0)
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+
+class CompatibilityMethod(pl.LightningModule):
+    """Base class of every compatibility method (see module docstring).
+
+    Subclass metadata: ``name`` (registry key = file name), ``paper`` (citation + URL), ``reference_code``
+    (repository + file), ``needs_old_forward``, ``required_artifacts``, ``needs_custom_old_model``.
+    """
+
+    name: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    reference_code: ClassVar[str] = ""
+    needs_old_forward: ClassVar[bool] = False
+    required_artifacts: ClassVar[frozenset[str]] = frozenset()
+    needs_custom_old_model: ClassVar[bool] = False
+    #: True if the method handles ``embed_dim != old embed_dim`` itself (e.g. with a learned transform).
+    handles_dim_mismatch: ClassVar[bool] = False
+
+    def __init__(self, setup: MethodSetup | Mapping[str, Any]) -> None:
+        super().__init__()
+        if not isinstance(setup, MethodSetup):
+            setup = MethodSetup.from_dict(setup)
+        self.method_setup = setup
+        self.new = EmbeddingModel(setup.backbone_new, setup.embed_dim, setup.num_classes_new,
+                                  setup.pretrained_weights)
+        self.old = load_old_model(setup.old_checkpoint, setup.old_checkpoint_sha256,
+                                  expect_backbone=setup.backbone_old, expect_num_classes=setup.num_classes_old)
+        if self.old.embed_dim != setup.embed_dim and not self.handles_dim_mismatch:
+            raise ConfigError(
+                f"method '{self.name}': new embedding dim {setup.embed_dim} != old {self.old.embed_dim} and the "
+                "method declares no transform between the spaces (handles_dim_mismatch = False)"
+            )
+        # Collects the init arguments of the whole subclass chain (setup + keyword-only hyperparameters).
+        self.save_hyperparameters(ignore=["setup"])
+        self.hparams["setup"] = dataclasses.asdict(setup)
+
+    # ----------------------------------------------------------------------------------------- hooks
+    def compatibility_loss(self, batch: Batch, new: ModelOutput, old: ModelOutput | None) -> dict[str, torch.Tensor]:
+        """Return named scalar loss terms (added to the classification loss). Override in plugins."""
+        raise NotImplementedError
+
+    def classification_loss(self, batch: Batch, new: ModelOutput) -> torch.Tensor:
+        """Softmax CE of the new classifier on the new labels (``logits`` computed in fp32)."""
+        return F.cross_entropy(new.logits.float(), batch["labels"])
+
+    def loss_weights(self) -> Mapping[str, float]:
+        """Optional per-term weights (default 1 for every term)."""
+        return {}
+
+    def prepare_artifacts(self, store: Any) -> None:
+        """One-off old-model passes before training (e.g. class means); the store caches by content hash."""
+
+    def trainable_parameters(self) -> Iterable[nn.Parameter]:
+        """Parameters the optimiser updates (default: every parameter with ``requires_grad``)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    @classmethod
+    def search_space(cls) -> dict[str, Any]:
+        """Tunable hyperparameters: ``{name: list of values}``; keys must be ``__init__`` parameters."""
+        return {}
+
+    # ---------------------------------------------------------------------------------- forward paths
+    def forward_new(self, images: torch.Tensor) -> ModelOutput:
+        embedding, logits = self.new(images)
+        return ModelOutput.from_embedding(embedding, logits)
+
+    @torch.no_grad()
+    def forward_old(self, images: torch.Tensor) -> ModelOutput:
+        embedding, logits = self.old(images)
+        return ModelOutput.from_embedding(embedding, logits)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """New-model embedding ``[B, d]`` (raw)."""
+        return self.new.embedder(images)
+
+    def encoders(self) -> dict[str, Encoder]:
+        """Evaluation encoders: ``{"old": φ_o, "new": φ_n}``; unit-norm ``float32[B, D]`` outputs."""
+        return {
+            "old": Encoder(self.old.model.embedder, f"old:{self.old.sha256}"),
+            "new": Encoder(self.new.embedder, f"{self.name}:{module_digest(self.new.embedder)}"),
+        }
+
+    # ------------------------------------------------------------------------------ Lightning hooks
+    def train(self, mode: bool = True) -> CompatibilityMethod:
+        super().train(mode)
+        self.old.eval()  # frozen: BN statistics never update
+        return self
+
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
+        if self.old.training:  # pragma: no cover - guarded by train(); re-asserted as the contract says
+            raise BCTBenchError("the frozen old model was switched to training mode")
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        new = self.forward_new(batch["images"])
+        old = self.forward_old(batch["images"]) if self.needs_old_forward else None
+        terms = {"cls": self.classification_loss(batch, new)}
+        extra = self.compatibility_loss(batch, new, old)
+        if "cls" in extra:
+            raise BCTBenchError(f"method '{self.name}': compatibility_loss must not return a term named 'cls'")
+        terms.update(extra)
+        weights = self.loss_weights()
+        total = sum(weights.get(k, 1.0) * v for k, v in terms.items())
+        batch_size = batch["images"].shape[0]
+        for key, value in terms.items():
+            if not torch.isfinite(value.detach()).all():
+                raise NonFiniteLossError(
+                    f"method '{self.name}': loss term '{key}' is {value.item()} at epoch {self.current_epoch}, "
+                    f"step {self.global_step}"
+                )
+            self.log(f"train/loss/{key}", value.detach(), batch_size=batch_size, on_step=True, on_epoch=True)
+        self.log("train/loss/total", total.detach(), prog_bar=True, batch_size=batch_size, on_step=True,
+                 on_epoch=True)
+        return total
+
+    def configure_optimizers(self):
+        return build_optimizer(self.trainable_parameters(), self.method_setup.optimizer,
+                               self.method_setup.max_epochs)
+
+    # ------------------------------------------------------------------------------------ helpers
+    def training_progress(self) -> float:
+        """Fraction of training done in [0, 1] (for schedules such as DANN's α)."""
+        trainer = self._trainer
+        if trainer is None or not trainer.max_epochs:
+            return 0.0
+        per_epoch = max(1, int(trainer.num_training_batches) if math.isfinite(trainer.num_training_batches) else 1)
+        return min(1.0, self.global_step / (per_epoch * trainer.max_epochs))

@@ -1,0 +1,433 @@
+"""The benchmark pipeline: prepare data → train or reuse the old model → train the new model with a method
+→ evaluate with the shared evaluator → write the RunResult → (W&B) → leaderboard.
+
+Nothing here knows any method by name: methods come from the registry and talk through the plugin contract.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bctbench.config import BenchmarkSpec, load_benchmark, parse_set_options, split_overrides
+from bctbench.errors import BCTBenchError, CheckpointError, ConfigError
+from bctbench.paths import resolve_cache_root, resolve_data_root, resolve_results_root
+
+log = logging.getLogger("bctbench")
+
+
+@dataclass
+class Runtime:
+    """Execution options that are not part of the protocol (devices, workers, logging)."""
+
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    num_workers: int | None = None
+    wandb: bool = True
+    resume: bool = False
+    progress: bool = False
+
+    def apply(self, options: dict[str, Any]) -> Runtime:
+        """Return a copy with ``--set`` runtime options applied (``wandb=false`` etc.)."""
+        fields = {f.name for f in dataclasses.fields(self)}
+        updates = {k: v for k, v in options.items() if k in fields}
+        return dataclasses.replace(self, **updates)
+
+
+@dataclass
+class OldModelRef:
+    path: Path
+    sha256: str
+
+
+@dataclass
+class RunContext:
+    """A benchmark spec plus the roots it reads and writes."""
+
+    spec: BenchmarkSpec
+    data_root: Path
+    cache_root: Path
+    results_root: Path
+
+    @classmethod
+    def create(cls, benchmark: str, data_root=None, cache_root=None, results_root=None) -> RunContext:
+        return cls(load_benchmark(benchmark), resolve_data_root(data_root), resolve_cache_root(cache_root),
+                   resolve_results_root(results_root))
+
+    @property
+    def gldv2_root(self) -> Path:
+        return self.data_root / self.spec.data.root
+
+    def run_dir(self, method: str, seed: int) -> Path:
+        return self.cache_root / "runs" / self.spec.name / method / f"seed{seed}"
+
+    def old_key(self) -> str:
+        """Hash of everything the old model depends on (not the eval protocol)."""
+        s = self.spec
+        blob = json.dumps([dataclasses.asdict(s.data), s.models.old_backbone, s.models.embed_dim, s.models.neck,
+                           s.models.pretrained_weights, dataclasses.asdict(s.training),
+                           dataclasses.asdict(s.old_model)], sort_keys=True)
+        import hashlib
+
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def old_dir(self) -> Path:
+        return self.cache_root / "old" / self.spec.name / self.old_key()
+
+
+# ----------------------------------------------------------------------------------------------- data
+def ensure_dataset(ctx: RunContext) -> None:
+    """Generate the embedded synthetic dataset on first use (no-op for real data)."""
+    d = ctx.spec.data
+    if d.dataset == "synthetic":
+        from datamodules.synthetic import ensure_synthetic, synthetic_size
+
+        name = Path(d.root).parts[0]
+        ensure_synthetic(ctx.data_root, name=name, seed=d.synthetic_seed, config=synthetic_size(d.synthetic_size))
+
+
+def build_datamodule(ctx: RunContext, stage: str, runtime: Runtime, seed: int):
+    from datamodules.gldv2 import GLDv2DataModule
+
+    t = ctx.spec.training
+    workers = t.num_workers if runtime.num_workers is None else runtime.num_workers
+    return GLDv2DataModule(
+        ctx.gldv2_root, ctx.spec.data.allocation, stage=stage, image_size=t.image_size, batch_size=t.batch_size,
+        num_workers=workers, sampler=t.sampler, m_per_class=t.m_per_class, seed=seed, ratio=ctx.spec.data.ratio,
+        drop_last=t.drop_last, augmentation=t.augmentation, resize=t.resize,
+    )
+
+
+def test_transform(ctx: RunContext):
+    from bctbench.data import build_test_transform
+
+    return build_test_transform(ctx.spec.training.image_size, resize=ctx.spec.training.resize)
+
+
+def load_eval_sets(ctx: RunContext) -> list:
+    from datamodules.gldv2 import load_gldv2_eval_set
+    from datamodules.revisited import load_revisited_eval_set
+
+    out = []
+    for es in ctx.spec.evaluation.eval_sets:
+        root = ctx.data_root / es.root
+        if es.kind == "revisited":
+            out.append(load_revisited_eval_set(root, es.name, query_crop=ctx.spec.evaluation.query_crop))
+        else:
+            out.append(load_gldv2_eval_set(root, name=es.name))
+    return out
+
+
+def prepare_data(ctx: RunContext) -> dict[str, Any]:
+    """Validate the dataset, write split files (with lock) and load the eval sets; return a summary."""
+    from datamodules.gldv2 import load_split, prepare_split
+
+    ensure_dataset(ctx)
+    prepare_split(ctx.gldv2_root, ctx.spec.data.allocation, ratio=ctx.spec.data.ratio)
+    split = load_split(ctx.gldv2_root, ctx.spec.data.allocation)
+    info: dict[str, Any] = {"benchmark": ctx.spec.name, "gldv2_root": str(ctx.gldv2_root),
+                            "allocation": ctx.spec.data.allocation, "split_rows": len(split.frame),
+                            "split_sha256": split.sha256}
+    for es in load_eval_sets(ctx):
+        info[f"eval/{es.name}"] = f"{len(es.query_paths)} queries x {len(es.gallery_paths)} gallery"
+    return info
+
+
+# ------------------------------------------------------------------------------------------ trainer
+def _trainer(ctx: RunContext, runtime: Runtime, *, max_epochs: int, default_root_dir: Path, logger: Any,
+             callbacks: list | None = None):
+    import lightning.pytorch as pl
+
+    return pl.Trainer(
+        max_epochs=max_epochs, accelerator=runtime.accelerator, devices=runtime.devices,
+        num_nodes=runtime.num_nodes, strategy=runtime.strategy, precision=ctx.spec.training.precision,
+        default_root_dir=str(default_root_dir), logger=logger if logger is not None else False,
+        callbacks=callbacks or [], enable_progress_bar=runtime.progress, enable_model_summary=False,
+        log_every_n_steps=10, num_sanity_val_steps=0,
+        use_distributed_sampler=ctx.spec.training.sampler is None,
+    )
+
+
+def _device(runtime: Runtime) -> str:
+    if runtime.accelerator in ("gpu", "cuda") or (runtime.accelerator == "auto" and torch.cuda.is_available()):
+        return "cuda"
+    return "cpu"
+
+
+# ----------------------------------------------------------------------------------------- old model
+def ensure_old_model(ctx: RunContext, runtime: Runtime | None = None, *, checkpoint: str | None = None,
+                     seed: int = 0) -> OldModelRef:
+    """Return the benchmark's shared old checkpoint: a registered one, the cached one, or a freshly trained one.
+
+    Given checkpoints (``--checkpoint`` or the spec's ``old_model.checkpoint``) are loaded strictly and, when
+    the spec pins ``old_model.sha256``, verified against it.
+    """
+    from bctbench.old_model import file_sha256, load_old_model, save_old_checkpoint
+
+    runtime = runtime or Runtime()
+    spec = ctx.spec
+    meta_path = ctx.old_dir / "old_model.json"
+    given = checkpoint or spec.old_model.checkpoint
+    if given:
+        path = Path(given)
+        old = load_old_model(path, spec.old_model.sha256, expect_backbone=spec.models.old_backbone,
+                             expect_embed_dim=spec.models.embed_dim)
+        ctx.old_dir.mkdir(parents=True, exist_ok=True)
+        meta_path.write_text(json.dumps({"path": str(path.resolve()), "sha256": old.sha256, "registered": True}))
+        return OldModelRef(path, old.sha256)
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        path = Path(meta["path"])
+        if not path.is_file():
+            raise CheckpointError(f"{meta_path}: cached old checkpoint {path} is missing (delete the folder "
+                                  f"{ctx.old_dir} to retrain)")
+        if file_sha256(path) != meta["sha256"]:
+            raise CheckpointError(f"{path}: sha256 does not match {meta_path} (the cached old model changed)")
+        return OldModelRef(path, meta["sha256"])
+
+    import lightning.pytorch as pl
+
+    from bctbench.training import ClassifierModule
+
+    ensure_dataset(ctx)
+    pl.seed_everything(seed, workers=True, verbose=False)
+    dm = build_datamodule(ctx, "old", runtime, seed)
+    dm.prepare_data()
+    dm.setup("fit")
+    module = ClassifierModule(backbone=spec.models.old_backbone, embed_dim=spec.models.embed_dim,
+                              num_classes=dm.num_classes, optimizer=dataclasses.asdict(spec.training.optimizer),
+                              max_epochs=spec.old_model.epochs, pretrained_weights=spec.models.pretrained_weights)
+    log.info("training the old model of %s (%d classes, %d epochs)", spec.name, dm.num_classes,
+             spec.old_model.epochs)
+    start = time.time()
+    trainer = _trainer(ctx, runtime, max_epochs=spec.old_model.epochs, default_root_dir=ctx.old_dir, logger=None)
+    trainer.fit(module, datamodule=dm)
+    path = ctx.old_dir / "old_model.pt"
+    sha = save_old_checkpoint(module.model, path, backbone=spec.models.old_backbone,
+                              meta={"benchmark": spec.name, "old_key": ctx.old_key(), "seed": seed,
+                                    "epochs": spec.old_model.epochs, "train_seconds": time.time() - start})
+    tmp = meta_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"path": str(path.resolve()), "sha256": sha, "registered": False}))
+    os.replace(tmp, meta_path)
+    log.info("old model saved: %s (sha256 %s)", path, sha[:12])
+    return OldModelRef(path, sha)
+
+
+# ------------------------------------------------------------------------------------------- methods
+def method_parameters(cls: type) -> dict[str, Any]:
+    """Keyword-only hyperparameters of a method class: name -> default."""
+    sig = inspect.signature(cls.__init__)
+    return {n: p.default for n, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def build_evaluator(ctx: RunContext, runtime: Runtime, eval_sets: list | None = None):
+    from bctbench.evaluation.compatibility import BackfillSettings, CompatibilityEvaluator
+    from bctbench.evaluation.features import FeatureCache
+
+    e = ctx.spec.evaluation
+    workers = ctx.spec.training.num_workers if runtime.num_workers is None else runtime.num_workers
+    return CompatibilityEvaluator(
+        eval_sets if eval_sets is not None else load_eval_sets(ctx), test_transform(ctx), pairs=e.pairs,
+        cache=FeatureCache(ctx.cache_root / "features" / ctx.spec.name),
+        variant="crop" if e.query_crop else "advbct_compat", batch_size=e.batch_size, num_workers=workers,
+        device=_device(runtime), progress=runtime.progress,
+        backfill=BackfillSettings(n_fractions=e.backfill_fractions, seeds=e.backfill_seeds),
+    )
+
+
+def _artifact_store(ctx: RunContext, old_ref: OldModelRef, model, dm_new, dm_old, runtime: Runtime):
+    from bctbench.artifacts import ArtifactStore
+
+    return ArtifactStore(
+        ctx.cache_root / "artifacts" / ctx.spec.name, model.old, dm_new.split_sha256,
+        new_images=dm_new.training_images, old_images=dm_old.training_images, transform=test_transform(ctx),
+        batch_size=ctx.spec.evaluation.batch_size, device=_device(runtime),
+    )
+
+
+def _callbacks(run_dir: Path, with_lr_monitor: bool) -> list:
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    cbs: list = [ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="epoch{epoch:03d}",
+                                 auto_insert_metric_name=False, save_last=True, save_top_k=-1,
+                                 every_n_epochs=1)]
+    if with_lr_monitor:
+        cbs.append(LearningRateMonitor(logging_interval="epoch"))
+    return cbs
+
+
+def run(ctx: RunContext, method_name: str, *, seed: int = 0, overrides: list[str] | None = None,
+        runtime: Runtime | None = None):
+    """Train, evaluate and record one (method, seed) run; returns the written :class:`RunResult`."""
+    import lightning.pytorch as pl
+
+    from bctbench import tracking
+    from bctbench.method import MethodSetup
+    from bctbench.registry import get_method
+    from bctbench.results import RunResult, collect_provenance, write_result
+
+    runtime = runtime or Runtime()
+    cls = get_method(method_name)  # unknown names fail here, before any work
+    params = method_parameters(cls)
+    method_kw, runtime_kw = split_overrides(parse_set_options(overrides), params, cls.name)
+    if "seed" in runtime_kw:
+        seed = int(runtime_kw.pop("seed"))
+    runtime = runtime.apply(runtime_kw)
+    spec = ctx.spec
+    timings: dict[str, float] = {}
+
+    t0 = time.time()
+    ensure_dataset(ctx)
+    old_ref = ensure_old_model(ctx, runtime)
+    timings["old_model"] = time.time() - t0
+
+    pl.seed_everything(seed, workers=True, verbose=False)
+    dm = build_datamodule(ctx, "new", runtime, seed)
+    dm.prepare_data()
+    dm.setup("fit")
+    setup = MethodSetup(
+        backbone_new=spec.models.new_backbone, backbone_old=spec.models.old_backbone,
+        embed_dim=spec.models.embed_dim, num_classes_new=dm.num_classes, num_classes_old=dm.num_old_classes,
+        old_checkpoint=str(old_ref.path), old_checkpoint_sha256=old_ref.sha256,
+        optimizer=dataclasses.asdict(spec.training.optimizer), max_epochs=spec.training.epochs,
+        image_size=spec.training.image_size, pretrained_weights=spec.models.pretrained_weights,
+        artifact_store=str(ctx.cache_root / "artifacts" / spec.name),
+    )
+    try:
+        model = cls(setup, **method_kw)
+    except TypeError as exc:
+        raise ConfigError(f"method '{cls.name}': {exc}") from None
+    t0 = time.time()
+    if cls.required_artifacts:
+        dm_old = build_datamodule(ctx, "old", runtime, seed)
+        dm_old.prepare_data()
+        dm_old.setup("fit")
+        store = _artifact_store(ctx, old_ref, model, dm, dm_old, runtime)
+        model.prepare_artifacts(store)
+    timings["artifacts"] = time.time() - t0
+
+    run_dir = ctx.run_dir(cls.name, seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    hparams = {k: v for k, v in model.hparams.items() if k != "setup"}
+    config = {"benchmark": spec.name, "benchmark_sha256": spec.sha256, "method": cls.name, "seed": seed,
+              "method_hparams": hparams, "spec": spec.to_dict()}
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2, default=str))
+    logger = tracking.make_wandb_logger(cls.name, spec.name, seed, config, ctx.results_root.parent / "wandb-runs",
+                                        enabled=runtime.wandb)
+    if logger is None:
+        from lightning.pytorch.loggers import CSVLogger
+
+        logger = CSVLogger(str(run_dir), name="logs")
+    trainer = _trainer(ctx, runtime, max_epochs=spec.training.epochs, default_root_dir=run_dir, logger=logger,
+                       callbacks=_callbacks(run_dir, with_lr_monitor=True))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    ckpt_path = str(last) if runtime.resume and last.is_file() else None
+    if runtime.resume and ckpt_path is None:
+        log.warning("--resume: no checkpoint at %s; training from scratch", last)
+    t0 = time.time()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+    timings["fit"] = time.time() - t0
+
+    if trainer.global_rank != 0 and trainer.world_size > 1:
+        return None
+    t0 = time.time()
+    evaluator = build_evaluator(ctx, runtime)
+    orders = model.backfill_orders() if hasattr(model, "backfill_orders") else None
+    report = evaluator.evaluate(model.encoders(), backfill_orders=orders)
+    timings["evaluate"] = time.time() - t0
+
+    prov = collect_provenance()
+    result = RunResult(
+        benchmark=spec.name, method=cls.name, seed=seed, metrics=report.rows, curves={"backfill": report.curves},
+        primary=report.primary, method_hparams=_jsonable(hparams), flags=_flags(cls, hparams, spec),
+        benchmark_sha256=spec.sha256, old_checkpoint_sha256=old_ref.sha256, split_sha256=dm.split_sha256,
+        git=prov.get("git", {}), env=prov.get("env", {}),
+        eval_variants={"query_crop": spec.evaluation.query_crop, "image_size": spec.training.image_size,
+                       "resize": spec.training.resize},
+        wandb_run=getattr(logger, "version", None) if logger.__class__.__name__ == "WandbLogger" else None,
+        timings=timings,
+    )
+    path = write_result(result, ctx.results_root)
+    log.info("result written: %s", path)
+    if logger.__class__.__name__ == "WandbLogger":
+        tracking.log_run_result(result, path, save_dir=ctx.results_root.parent / "wandb-runs")
+    return result
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _flags(cls: type, hparams: dict[str, Any], spec: BenchmarkSpec) -> list[str]:
+    """Non-default hyperparameters and protocol variants, for the leaderboard's marker column."""
+    flags = []
+    defaults = method_parameters(cls)
+    for key, value in sorted(hparams.items()):
+        if key in defaults and defaults[key] != value:
+            flags.append(f"{key}={value}")
+    if not spec.evaluation.query_crop:
+        flags.append("advbct_compat")
+    if getattr(cls, "needs_custom_old_model", False):
+        flags.append("custom_old_model")
+    return flags
+
+
+def run_all(ctx: RunContext, *, methods: list[str] | None = None, seeds: list[int] | None = None,
+            overrides: list[str] | None = None, runtime: Runtime | None = None) -> list[str]:
+    """Run every (method, seed); a failing run is reported and the others go on. Returns failed run names."""
+    from bctbench.registry import list_methods
+
+    failed = []
+    for name in methods or list_methods():
+        for seed in seeds or list(ctx.spec.seeds):
+            try:
+                run(ctx, name, seed=seed, overrides=overrides, runtime=runtime)
+            except BCTBenchError as exc:
+                log.error("error: %s seed %d: %s", name, seed, exc)
+                failed.append(f"{name}/seed{seed}")
+    return failed
+
+
+def evaluate_checkpoint(ctx: RunContext, checkpoint: str, runtime: Runtime | None = None):
+    """Evaluate a saved method checkpoint (Lightning ``.ckpt``) against the benchmark's old model."""
+    from bctbench.registry import get_method
+
+    runtime = runtime or Runtime()
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    hparams = payload.get("hyper_parameters", {})
+    name = payload.get("hyper_parameters", {}).get("method_name") or _method_from_path(path)
+    cls = get_method(name)
+    model = cls.load_from_checkpoint(path, map_location="cpu")
+    return build_evaluator(ctx, runtime).evaluate(model.encoders()) if hparams is not None else None
+
+
+def _method_from_path(path: Path) -> str:
+    # <cache>/runs/<benchmark>/<method>/seed<k>/checkpoints/<file>.ckpt
+    try:
+        return path.resolve().parents[2].name
+    except IndexError:
+        raise CheckpointError(f"{path}: cannot tell which method wrote this checkpoint") from None
+
+
+def render_leaderboard(ctx: RunContext) -> str:
+    from bctbench.leaderboard import render
+
+    return render(ctx.results_root, ctx.spec.name, fmt="md")

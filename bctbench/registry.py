@@ -1,0 +1,142 @@
+"""Method registry: name -> ``CompatibilityMethod`` subclass.
+
+Resolution order of :func:`get_method` (architecture §3):
+
+1. already registered (``@register_method``);
+2. built-in file ``methods/<name>.py``, imported lazily;
+3. entry point ``<name>`` in the group ``bctbench.methods`` (third-party packages), loaded alone;
+4. an import string ``pkg.module:Class``.
+
+Unknown names raise :class:`UnknownMethodError` listing :func:`list_methods`. A broken third-party plugin only
+warns when listing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import re
+import warnings
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from bctbench.errors import BCTBenchError, UnknownMethodError
+
+ENTRY_POINT_GROUP = "bctbench.methods"
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+_REGISTRY: dict[str, type] = {}
+
+
+def _builtin_dir() -> Path:
+    spec = importlib.util.find_spec("methods")
+    if spec is None or not spec.submodule_search_locations:
+        return Path(__file__).resolve().parent.parent / "methods"
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def register_method(name: str | None = None):
+    """Class decorator: register a method under ``name`` (default: ``cls.name``). Duplicates raise."""
+
+    def decorator(cls: type) -> type:
+        key = name or getattr(cls, "name", None)
+        if not key or not _NAME_RE.match(key):
+            raise BCTBenchError(f"{cls.__qualname__}: method name {key!r} must be lower snake case")
+        existing = _REGISTRY.get(key)
+        if existing is not None and existing is not cls:
+            if (existing.__module__, existing.__qualname__) != (cls.__module__, cls.__qualname__):
+                raise BCTBenchError(
+                    f"method name '{key}' is already registered by {existing.__module__}.{existing.__qualname__}"
+                )
+        cls.name = key
+        _REGISTRY[key] = cls
+        return cls
+
+    return decorator
+
+
+def unregister_method(name: str) -> None:
+    """Remove ``name`` from the registry (tests and interactive use)."""
+    _REGISTRY.pop(name, None)
+
+
+def builtin_method_names() -> list[str]:
+    """Names of ``methods/*.py`` files, excluding ``_*.py`` (imports nothing)."""
+    return sorted(p.stem for p in _builtin_dir().glob("*.py") if not p.stem.startswith("_"))
+
+
+def _entry_points() -> list[Any]:
+    return list(entry_points(group=ENTRY_POINT_GROUP))
+
+
+def list_methods() -> list[str]:
+    """Sorted union of registered, built-in and entry-point method names (imports nothing heavy)."""
+    names = set(_REGISTRY) | set(builtin_method_names())
+    names |= {ep.name for ep in _entry_points()}
+    return sorted(names)
+
+
+def _unknown(name: str, reason: str = "") -> UnknownMethodError:
+    valid = ", ".join(list_methods()) or "(none registered yet)"
+    extra = f" ({reason})" if reason else ""
+    return UnknownMethodError(f"unknown method '{name}'{extra}; available methods: {valid}")
+
+
+def _load_import_string(target: str) -> type:
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise _unknown(target, f"cannot import module '{module_name}': {exc}") from None
+    obj = module
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise _unknown(target, f"module '{module_name}' has no attribute '{attr}'")
+    return obj
+
+
+def _checked(cls: Any, origin: str) -> type:
+    from bctbench.method import CompatibilityMethod  # local: keeps `list_methods` light
+
+    if not (isinstance(cls, type) and issubclass(cls, CompatibilityMethod)):
+        raise BCTBenchError(f"{origin} does not name a CompatibilityMethod subclass (got {cls!r})")
+    if not getattr(cls, "name", None):
+        raise BCTBenchError(f"{origin}: method class has no name")
+    if cls.name not in _REGISTRY:
+        register_method(cls.name)(cls)
+    return cls
+
+
+def get_method(name: str) -> type:
+    """Return the method class for ``name`` (see module docstring for the resolution order)."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if ":" in name:
+        return _checked(_load_import_string(name), name)
+    if not _NAME_RE.match(name):
+        raise _unknown(name)
+    if name in builtin_method_names():
+        importlib.import_module(f"methods.{name}")
+        if name not in _REGISTRY:
+            raise BCTBenchError(f"methods/{name}.py does not register a method named '{name}'")
+        return _REGISTRY[name]
+    for ep in _entry_points():
+        if ep.name == name:
+            try:
+                cls = ep.load()
+            except Exception as exc:  # a broken plugin: loud when asked for by name
+                raise BCTBenchError(f"entry point '{name}' ({ep.value}) failed to load: {exc}") from None
+            return _checked(cls, f"entry point '{name}' ({ep.value})")
+    raise _unknown(name)
+
+
+def load_all_methods() -> dict[str, type]:
+    """Import every listed method; broken plugins become warnings, never errors."""
+    loaded = {}
+    for name in list_methods():
+        try:
+            loaded[name] = get_method(name)
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            warnings.warn(f"method plugin '{name}' is broken and was skipped: {exc}", stacklevel=2)
+    return loaded

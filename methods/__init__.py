@@ -1,0 +1,1 @@
+"""Built-in method plugins: one file per method, file name == registry key (``_*.py`` are not plugins)."""
