@@ -6,7 +6,8 @@ Kinds (methods.md §2, §13):
 * ``old_features_new`` — old embeddings of every image of the new training set, L2-normalised, stored as
   ``float16[N_new, d]`` with ``labels``/``old_labels`` ``int64[N_new]`` (test transform, eval mode).
 * ``class_means_new`` — ``means: float[C_new, d]`` (P^o_k: mean of normalised old features over the new
-  training set, not re-normalised) and ``counts: int64[C_new]``.
+  training set, not re-normalised), ``counts: int64[C_new]`` and ``old_label_of_class: int64[C_new]``
+  (−1 for classes the old model does not know).
 * ``advbct_meta`` — dense class metadata over the **old** training set (centres, 1.5-IQR radii/angles;
   :func:`bctbench.prototypes.advbct_class_meta`), indexed by old label.
 """
@@ -117,8 +118,11 @@ class ArtifactStore:
         from bctbench.prototypes import class_means
 
         data = self.get("old_features_new")
-        means, counts = class_means(data["features"].float(), data["labels"], int(data["num_classes"]))
-        return {"means": means, "counts": counts}
+        num_classes = int(data["num_classes"])
+        means, counts = class_means(data["features"].float(), data["labels"], num_classes)
+        old_label_of_class = torch.full((num_classes,), -1, dtype=torch.int64)
+        old_label_of_class[data["labels"]] = data["old_labels"]  # constant within a class
+        return {"means": means, "counts": counts, "old_label_of_class": old_label_of_class}
 
     def _compute_advbct_meta(self) -> dict[str, torch.Tensor]:
         from bctbench.prototypes import advbct_class_meta

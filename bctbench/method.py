@@ -61,6 +61,10 @@ class MethodSetup:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
+# Lightning checkpoints store the setup in their hyperparameters; allow it under torch.load(weights_only=True).
+torch.serialization.add_safe_globals([MethodSetup])
+
+
 @dataclass
 class ModelOutput:
     """One model's output on a batch: ``embedding[B, d]`` (raw), ``embedding_normed[B, d]``, ``logits[B, C]``."""
@@ -156,7 +160,7 @@ class CompatibilityMethod(pl.LightningModule):
             )
         # Collects the init arguments of the whole subclass chain (setup + keyword-only hyperparameters).
         self.save_hyperparameters(ignore=["setup"])
-        self.hparams["setup"] = dataclasses.asdict(setup)
+        self.hparams["setup"] = setup
 
     # ----------------------------------------------------------------------------------------- hooks
     def compatibility_loss(self, batch: Batch, new: ModelOutput, old: ModelOutput | None) -> dict[str, torch.Tensor]:
@@ -241,6 +245,18 @@ class CompatibilityMethod(pl.LightningModule):
                                self.method_setup.max_epochs)
 
     # ------------------------------------------------------------------------------------ helpers
+    def gather_no_grad(self, tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """All-gather ``tensor[B, ...]`` across processes without gradient.
+
+        Returns ``(gathered[N, ...], local_offset)`` with N = B·world and local row 0 at ``local_offset``
+        (= rank·B). Single process: ``(tensor.detach(), 0)``.
+        """
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            return tensor.detach(), 0
+        gathered = self.all_gather(tensor.detach(), sync_grads=False)
+        return gathered.reshape(-1, *tensor.shape[1:]), trainer.global_rank * tensor.shape[0]
+
     def training_progress(self) -> float:
         """Fraction of training done in [0, 1] (for schedules such as DANN's α)."""
         trainer = self._trainer

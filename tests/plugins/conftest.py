@@ -1,0 +1,88 @@
+"""Fixtures for plugin contract tests: a tiny frozen old model and random image batches (no dataset)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from bctbench.method import MethodSetup
+from bctbench.models import EmbeddingModel
+from bctbench.old_model import save_old_checkpoint
+
+BACKBONE = "tinycnn_w4"
+EMBED = 16
+C_OLD, C_NEW = 5, 8  # new classes 0..4 have old labels 0..4; 5..7 are new-only
+IMAGE = 16
+
+
+class RandomImages(Dataset):
+    """``n`` random images with labels cycling over the new classes (every class present per batch of 8)."""
+
+    def __init__(self, n: int = 32, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.images = torch.randn(n, 3, IMAGE, IMAGE, generator=g)
+        self.labels = torch.arange(n) % C_NEW
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        label = self.labels[i]
+        return {"images": self.images[i], "labels": label,
+                "old_labels": label if label < C_OLD else torch.tensor(-1), "index": torch.tensor(i)}
+
+
+def old_label_of_class() -> torch.Tensor:
+    return torch.tensor([c if c < C_OLD else -1 for c in range(C_NEW)])
+
+
+class FakeArtifactStore:
+    """Artefacts with the real shapes, computed with the real shared math from random unit features."""
+
+    def __init__(self, old) -> None:
+        from bctbench import prototypes
+
+        g = torch.Generator().manual_seed(1)
+        labels_new = torch.arange(64) % C_NEW
+        feats = torch.nn.functional.normalize(torch.randn(64, EMBED, generator=g), dim=1)
+        means, counts = prototypes.class_means(feats, labels_new, C_NEW)
+        labels_old = torch.arange(40) % C_OLD
+        self.data = {
+            "old_classifier": {"weight": old.classifier_weight.detach().clone()},
+            "old_features_new": {"features": feats.half(), "labels": labels_new,
+                                 "old_labels": old_label_of_class()[labels_new], "num_classes": torch.tensor(C_NEW)},
+            "class_means_new": {"means": means, "counts": counts, "old_label_of_class": old_label_of_class()},
+            "advbct_meta": prototypes.advbct_class_meta(feats[:40], labels_old, C_OLD),
+        }
+
+    def get(self, kind: str) -> dict:
+        return self.data[kind]
+
+
+@pytest.fixture(scope="session")
+def old_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = EmbeddingModel(BACKBONE, EMBED, C_OLD)
+    # give BN non-trivial running stats so that a drift would be visible
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(8, 3, IMAGE, IMAGE))
+    path = tmp_path_factory.mktemp("old") / "old_model.pt"
+    sha = save_old_checkpoint(model, path, backbone=BACKBONE, meta={"test": True})
+    return path, sha
+
+
+@pytest.fixture
+def setup(old_checkpoint):
+    path, sha = old_checkpoint
+    return MethodSetup(backbone_new=BACKBONE, backbone_old=BACKBONE, embed_dim=EMBED, num_classes_new=C_NEW,
+                       num_classes_old=C_OLD, old_checkpoint=str(path), old_checkpoint_sha256=sha,
+                       optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
+                                  "milestones": [], "gamma": 0.1, "warmup_epochs": 0},
+                       max_epochs=1, image_size=IMAGE)
+
+
+@pytest.fixture
+def loader():
+    return DataLoader(RandomImages(), batch_size=8, shuffle=False, drop_last=True)
