@@ -97,6 +97,16 @@ class ArtifactStore:
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
+    def embed_new_training_set(self, encoder) -> dict[str, torch.Tensor]:
+        """Embed every image of the new training set with ``encoder`` (e.g. the current new model at a
+        prototype-refinement epoch; not cached). Returns ``features float32[N, D]`` (encoder output, unit-norm
+        for :class:`~bctbench.method.Encoder`) and ``labels int64[N]``, rows in the order of
+        ``old_features_new``. Under DDP the pass is sharded across processes and gathered."""
+        images = self._new_images()
+        feats = extract_features(encoder, list(images.paths), None, self.transform, batch_size=self.batch_size,
+                                 num_workers=self.num_workers, device=self.device, desc="new features")
+        return {"features": torch.from_numpy(feats), "labels": images.labels.clone()}
+
     def _old_features(self, images: TrainingImages) -> torch.Tensor:
         from bctbench.method import Encoder
 
