@@ -23,7 +23,14 @@ from bctbench.errors import ConfigError
 BENCHMARKS_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 
 DATASETS = ("synthetic", "gldv2")
-ALLOCATIONS = ("class30to100", "data30to100", "openclass30to70", "seq_data10to30to100", "seq_class10to30to100")
+ALLOCATIONS = (
+    "class30to100",
+    "data30to100",
+    "openclass30to70",
+    "opendata30to70",
+    "seq_data10to30to100",
+    "seq_class10to30to100",
+)
 EVAL_KINDS = ("revisited", "gldv2")
 RESIZE_POLICIES = ("squash", "short_side")
 AUGMENTATIONS = ("rrc_flip", "none")

@@ -111,6 +111,23 @@ def build_datamodule(ctx: RunContext, stage: str, runtime: Runtime, seed: int):
     )
 
 
+def split_sha256(ctx: RunContext) -> str:
+    """sha256 of the benchmark's split CSV, as recorded in its lock file."""
+    from datamodules.gldv2 import split_paths
+
+    _, lock_path, _ = split_paths(ctx.gldv2_root, ctx.spec.data.allocation)
+    return json.loads(lock_path.read_text())["csv_sha256"]
+
+
+def training_images(dm, stage: str):
+    """:class:`~bctbench.artifacts.TrainingImages` of the ``stage`` ("old" | "new") training set of ``dm``."""
+    from bctbench.artifacts import TrainingImages
+
+    items = dm.train_image_paths_and_labels(stage)
+    num_classes = dm.num_old_classes if stage == "old" else dm.num_new_classes
+    return TrainingImages(items.paths, torch.as_tensor(items.labels), torch.as_tensor(items.old_labels), num_classes)
+
+
 def test_transform(ctx: RunContext):
     from bctbench.data import build_test_transform
 
@@ -139,8 +156,10 @@ def prepare_data(ctx: RunContext) -> dict[str, Any]:
     prepare_split(ctx.gldv2_root, ctx.spec.data.allocation, ratio=ctx.spec.data.ratio)
     split = load_split(ctx.gldv2_root, ctx.spec.data.allocation)
     info: dict[str, Any] = {"benchmark": ctx.spec.name, "gldv2_root": str(ctx.gldv2_root),
-                            "allocation": ctx.spec.data.allocation, "split_rows": len(split.frame),
-                            "split_sha256": split.sha256}
+                            "allocation": ctx.spec.data.allocation, "split_rows": len(split),
+                            "old_images": int(split["in_old"].sum()) if "in_old" in split else None,
+                            "new_images": int(split["in_new"].sum()) if "in_new" in split else None,
+                            "split_sha256": split_sha256(ctx)}
     for es in load_eval_sets(ctx):
         info[f"eval/{es.name}"] = f"{len(es.query_paths)} queries x {len(es.gallery_paths)} gallery"
     return info
@@ -248,13 +267,13 @@ def build_evaluator(ctx: RunContext, runtime: Runtime, eval_sets: list | None = 
     )
 
 
-def _artifact_store(ctx: RunContext, old_ref: OldModelRef, model, dm_new, dm_old, runtime: Runtime):
+def _artifact_store(ctx: RunContext, model, dm, runtime: Runtime):
     from bctbench.artifacts import ArtifactStore
 
     return ArtifactStore(
-        ctx.cache_root / "artifacts" / ctx.spec.name, model.old, dm_new.split_sha256,
-        new_images=dm_new.training_images, old_images=dm_old.training_images, transform=test_transform(ctx),
-        batch_size=ctx.spec.evaluation.batch_size, device=_device(runtime),
+        ctx.cache_root / "artifacts" / ctx.spec.name, model.old, split_sha256(ctx),
+        new_images=lambda: training_images(dm, "new"), old_images=lambda: training_images(dm, "old"),
+        transform=test_transform(ctx), batch_size=ctx.spec.evaluation.batch_size, device=_device(runtime),
     )
 
 
@@ -312,11 +331,7 @@ def run(ctx: RunContext, method_name: str, *, seed: int = 0, overrides: list[str
         raise ConfigError(f"method '{cls.name}': {exc}") from None
     t0 = time.time()
     if cls.required_artifacts:
-        dm_old = build_datamodule(ctx, "old", runtime, seed)
-        dm_old.prepare_data()
-        dm_old.setup("fit")
-        store = _artifact_store(ctx, old_ref, model, dm, dm_old, runtime)
-        model.prepare_artifacts(store)
+        model.prepare_artifacts(_artifact_store(ctx, model, dm, runtime))
     timings["artifacts"] = time.time() - t0
 
     run_dir = ctx.run_dir(cls.name, seed)
@@ -355,7 +370,7 @@ def run(ctx: RunContext, method_name: str, *, seed: int = 0, overrides: list[str
     result = RunResult(
         benchmark=spec.name, method=cls.name, seed=seed, metrics=report.rows, curves={"backfill": report.curves},
         primary=report.primary, method_hparams=_jsonable(hparams), flags=_flags(cls, hparams, spec),
-        benchmark_sha256=spec.sha256, old_checkpoint_sha256=old_ref.sha256, split_sha256=dm.split_sha256,
+        benchmark_sha256=spec.sha256, old_checkpoint_sha256=old_ref.sha256, split_sha256=split_sha256(ctx),
         git=prov.get("git", {}), env=prov.get("env", {}),
         eval_variants={"query_crop": spec.evaluation.query_crop, "image_size": spec.training.image_size,
                        "resize": spec.training.resize},

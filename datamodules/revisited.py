@@ -1,0 +1,168 @@
+"""Revisited ROxford5k / RParis6k eval sets (``data_formats.md`` §6, ``evaluation.md`` §3.2).
+
+Accepted layouts (the first that has the pickle wins):
+
+* revisitop (canonical): ``<root>/datasets/<name>/gnd_<name>.pkl`` with images in ``<root>/datasets/<name>/jpg/``;
+* AdvBCT: ``<root>/ROxfordParis/gnd_<name>.pkl`` with images in ``<root>/ROxfordParis/<name>/jpg/``.
+
+``gnd_<name>.pkl`` holds ``imlist`` (database names without extension), ``qimlist`` (query names; queries are
+not in the database) and ``gnd`` (one dict per query: ``bbx`` = [x1, y1, x2, y2], ``easy``/``hard``/``junk`` =
+0-based indices into ``imlist``). Images are ``jpg/<name>.jpg``. Queries are cropped to ``bbx`` before any
+transform (``query_crop=True``, the revisited protocol); ``query_crop=False`` is the ``advbct_compat`` variant
+(whole query image).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bctbench.errors import DataError
+from bctbench.evaluation.evalsets import RevisitedEvalSet
+
+GND_KEYS = ("imlist", "qimlist", "gnd")
+QUERY_KEYS = ("bbx", "easy", "hard", "junk")
+_MAX_LISTED = 5
+
+__all__ = ["find_revisited", "load_revisited_eval_set", "read_gnd"]
+
+
+def find_revisited(root: str | os.PathLike, name: str) -> tuple[Path, Path]:
+    """``(gnd pickle, jpg folder)`` of eval set ``name`` under ``root`` (revisitop or AdvBCT layout)."""
+    root = Path(root)
+    layouts = [
+        (root / "datasets" / name / f"gnd_{name}.pkl", root / "datasets" / name / "jpg"),
+        (root / "ROxfordParis" / f"gnd_{name}.pkl", root / "ROxfordParis" / name / "jpg"),
+    ]
+    for pkl, jpg in layouts:
+        if pkl.is_file():
+            if not jpg.is_dir():
+                raise DataError(f"{jpg}: image folder not found (next to {pkl})")
+            return pkl, jpg
+    raise DataError(f"{layouts[0][0]}: ground truth of {name!r} not found (also tried {layouts[1][0]})")
+
+
+def _index_list(pkl: Path, qi: int, qname: str, key: str, values: Any, n_db: int) -> list[int]:
+    where = f"{pkl}: query {qi} ({qname}) key '{key}'"
+    try:
+        items = list(values)
+    except TypeError as err:
+        raise DataError(f"{where}: expected a list of indices, got {type(values).__name__}") from err
+    out = []
+    for v in items:
+        try:
+            iv = int(v)
+        except (TypeError, ValueError) as err:
+            raise DataError(f"{where}: index {v!r} is not an integer") from err
+        if iv != v:
+            raise DataError(f"{where}: index {v!r} is not an integer")
+        if not 0 <= iv < n_db:
+            raise DataError(f"{where}: index {iv} out of range [0, {n_db}) of imlist")
+        out.append(iv)
+    return out
+
+
+def _box(pkl: Path, qi: int, qname: str, bbx: Any) -> tuple[float, float, float, float]:
+    where = f"{pkl}: query {qi} ({qname}) key 'bbx'"
+    try:
+        box = tuple(float(v) for v in bbx)
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{where}: expected 4 numbers [x1, y1, x2, y2], got {bbx!r}") from err
+    if len(box) != 4 or not all(math.isfinite(v) for v in box):
+        raise DataError(f"{where}: expected 4 finite numbers [x1, y1, x2, y2], got {bbx!r}")
+    if not (box[2] > box[0] and box[3] > box[1]):
+        raise DataError(f"{where}: empty box {list(box)} (need x2 > x1 and y2 > y1)")
+    return box  # type: ignore[return-value]
+
+
+def _names(pkl: Path, key: str, values: Any) -> list[str]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise DataError(f"{pkl}: key '{key}' must be a list of image names, got {type(values).__name__}")
+    for i, v in enumerate(values):
+        if not isinstance(v, str) or not v:
+            raise DataError(f"{pkl}: key '{key}' entry {i} is not a non-empty image name: {v!r}")
+    return list(values)
+
+
+def read_gnd(pkl: str | os.PathLike) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+    """Read and validate ``gnd_<name>.pkl``: ``(imlist, qimlist, gnd)``.
+
+    ``gnd[i]`` = ``{"bbx": (x1, y1, x2, y2), "easy": [...], "hard": [...], "junk": [...]}`` with int indices
+    into ``imlist``. Errors name the file, the query number and the key (missing key, index out of range,
+    overlapping easy/hard/junk, bad box).
+    """
+    pkl = Path(pkl)
+    try:
+        with open(pkl, "rb") as f:
+            data = pickle.load(f)
+    except FileNotFoundError as err:
+        raise DataError(f"{pkl}: file not found") from err
+    except Exception as err:  # unpickling raises many types (UnpicklingError, EOFError, ValueError, ...)
+        raise DataError(
+            f"{pkl}: cannot unpickle ({type(err).__name__}: {' '.join(str(err).split())})"
+        ) from err
+    if not isinstance(data, dict):
+        raise DataError(f"{pkl}: expected a dict with keys {', '.join(GND_KEYS)}, got {type(data).__name__}")
+    for key in GND_KEYS:
+        if key not in data:
+            raise DataError(f"{pkl}: missing key '{key}'")
+    imlist = _names(pkl, "imlist", data["imlist"])
+    qimlist = _names(pkl, "qimlist", data["qimlist"])
+    raw = data["gnd"]
+    if not isinstance(raw, Sequence) or len(raw) != len(qimlist):
+        n = len(raw) if isinstance(raw, Sequence) else type(raw).__name__
+        raise DataError(
+            f"{pkl}: key 'gnd' must be a list of {len(qimlist)} dicts (one per qimlist entry), got {n}"
+        )
+    n_db = len(imlist)
+    gnd: list[dict[str, Any]] = []
+    for qi, (qname, g) in enumerate(zip(qimlist, raw, strict=True)):
+        if not isinstance(g, dict):
+            raise DataError(f"{pkl}: query {qi} ({qname}): gnd entry is {type(g).__name__}, not a dict")
+        for key in QUERY_KEYS:
+            if key not in g:
+                raise DataError(f"{pkl}: query {qi} ({qname}) missing key '{key}'")
+        entry: dict[str, Any] = {"bbx": _box(pkl, qi, qname, g["bbx"])}
+        for key in ("easy", "hard", "junk"):
+            entry[key] = _index_list(pkl, qi, qname, key, g[key], n_db)
+        for a, b in (("easy", "hard"), ("easy", "junk"), ("hard", "junk")):
+            both = sorted(set(entry[a]) & set(entry[b]))
+            if both:
+                raise DataError(
+                    f"{pkl}: query {qi} ({qname}) keys '{a}' and '{b}' share index {both[0]} ({len(both)} shared)"
+                )
+        gnd.append(entry)
+    return imlist, qimlist, gnd
+
+
+def load_revisited_eval_set(root: str | os.PathLike, name: str, query_crop: bool = True) -> RevisitedEvalSet:
+    """Load ``name`` (``roxford5k``, ``rparis6k``, or any set in the same format) from ``root``.
+
+    Gallery = ``imlist`` order, queries = ``qimlist`` order, paths ``<jpg>/<name>.jpg`` (all must exist);
+    ``query_boxes[i]`` = ``gnd[i]["bbx"]`` if ``query_crop`` else None (the eval set's ``name`` is ``name`` in
+    both variants: callers record the variant, e.g. in feature-cache keys and results).
+    """
+    pkl, jpg = find_revisited(root, name)
+    imlist, qimlist, gnd = read_gnd(pkl)
+    try:
+        present = set(os.listdir(jpg))
+    except OSError as err:
+        raise DataError(f"{jpg}: cannot list image folder ({err.strerror or err})") from err
+    wanted = [f"{n}.jpg" for n in qimlist] + [f"{n}.jpg" for n in imlist]
+    missing = [w for w in wanted if w not in present]
+    if missing:
+        raise DataError(
+            f"{jpg}: {len(missing)} of {len(wanted)} images listed in {pkl.name} are missing; "
+            f"first: {', '.join(missing[:_MAX_LISTED])}"
+        )
+    return RevisitedEvalSet(
+        name=name,
+        query_paths=tuple(jpg / f"{n}.jpg" for n in qimlist),
+        gallery_paths=tuple(jpg / f"{n}.jpg" for n in imlist),
+        gnd=tuple(gnd),
+        query_boxes=tuple(g["bbx"] if query_crop else None for g in gnd),
+    )
