@@ -52,9 +52,19 @@ class ArtifactStore:
     split sha256, kind, transform).
     """
 
-    def __init__(self, root: str | Path, old: FrozenOldModel, split_sha256: str,
-                 new_images: Callable[[], TrainingImages], old_images: Callable[[], TrainingImages], transform,
-                 *, batch_size: int = 256, num_workers: int = 0, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        old: FrozenOldModel,
+        split_sha256: str,
+        new_images: Callable[[], TrainingImages],
+        old_images: Callable[[], TrainingImages],
+        transform,
+        *,
+        batch_size: int = 256,
+        num_workers: int = 0,
+        device: str = "cpu",
+    ) -> None:
         self.root = Path(root)
         self.old = old
         self.split_sha256 = split_sha256
@@ -103,16 +113,32 @@ class ArtifactStore:
         for :class:`~bctbench.method.Encoder`) and ``labels int64[N]``, rows in the order of
         ``old_features_new``. Under DDP the pass is sharded across processes and gathered."""
         images = self._new_images()
-        feats = extract_features(encoder, list(images.paths), None, self.transform, batch_size=self.batch_size,
-                                 num_workers=self.num_workers, device=self.device, desc="new features")
+        feats = extract_features(
+            encoder,
+            list(images.paths),
+            None,
+            self.transform,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            device=self.device,
+            desc="new features",
+        )
         return {"features": torch.from_numpy(feats), "labels": images.labels.clone()}
 
     def _old_features(self, images: TrainingImages) -> torch.Tensor:
         from bctbench.method import Encoder
 
         encoder = Encoder(self.old.model.embedder, f"old:{self.old.sha256}")
-        feats = extract_features(encoder, list(images.paths), None, self.transform, batch_size=self.batch_size,
-                                 num_workers=self.num_workers, device=self.device, desc="old features")
+        feats = extract_features(
+            encoder,
+            list(images.paths),
+            None,
+            self.transform,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            device=self.device,
+            desc="old features",
+        )
         return torch.from_numpy(feats)
 
     def _compute_old_classifier(self) -> dict[str, torch.Tensor]:
@@ -121,8 +147,12 @@ class ArtifactStore:
     def _compute_old_features_new(self) -> dict[str, torch.Tensor]:
         images = self._new_images()
         feats = self._old_features(images)
-        return {"features": feats.half(), "labels": images.labels.clone(), "old_labels": images.old_labels.clone(),
-                "num_classes": torch.tensor(images.num_classes)}
+        return {
+            "features": feats.half(),
+            "labels": images.labels.clone(),
+            "old_labels": images.old_labels.clone(),
+            "num_classes": torch.tensor(images.num_classes),
+        }
 
     def _compute_class_means_new(self) -> dict[str, torch.Tensor]:
         from bctbench.prototypes import class_means

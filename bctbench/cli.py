@@ -19,12 +19,20 @@ log = logging.getLogger("bctbench")
 def _add_roots(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help="data root (default: $BCTBENCH_DATA or ./data)")
     p.add_argument("--cache-root", default=None, help="cache root (default: $BCTBENCH_CACHE or ./cache)")
-    p.add_argument("--results-root", default=None, help="results root (default: $BCTBENCH_RESULTS or ./results)")
+    p.add_argument(
+        "--results-root", default=None, help="results root (default: $BCTBENCH_RESULTS or ./results)"
+    )
 
 
 def _add_runtime(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="method hyperparameter or runtime option (repeatable); protocol keys are rejected")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="method hyperparameter or runtime option (repeatable); protocol keys are rejected",
+    )
     p.add_argument("--accelerator", default="auto", help="Lightning accelerator (cpu, gpu, auto)")
     p.add_argument("--devices", default="auto", help="Lightning devices (e.g. 1, 4, auto)")
     p.add_argument("--num-nodes", type=int, default=1)
@@ -102,7 +110,7 @@ def _cmd_methods(args: argparse.Namespace) -> int:
         loaded = load_all_methods()
         for name in list_methods():
             cls = loaded.get(name)
-            status = (cls.paper.split("\n")[0] if cls is not None else "BROKEN (see warning)")
+            status = cls.paper.split("\n")[0] if cls is not None else "BROKEN (see warning)"
             print(f"{name:16s} {status}")
         return 0
     for name in list_methods():
@@ -127,8 +135,9 @@ def _cmd_make_synthetic(args: argparse.Namespace) -> int:
     from datamodules.synthetic import SyntheticConfig, make_synthetic
 
     config = SyntheticConfig.tiny() if args.size == "tiny" else SyntheticConfig()
-    path = make_synthetic(resolve_data_root(args.data_root), name=args.name, seed=args.seed, config=config,
-                          force=args.force)
+    path = make_synthetic(
+        resolve_data_root(args.data_root), name=args.name, seed=args.seed, config=config, force=args.force
+    )
     print(f"synthetic dataset ready: {path}")
     return 0
 
@@ -147,8 +156,13 @@ def _runtime_from_args(args: argparse.Namespace):
     from bctbench import pipeline
 
     return pipeline.Runtime(
-        accelerator=args.accelerator, devices=args.devices, num_nodes=args.num_nodes, strategy=args.strategy,
-        num_workers=args.num_workers, wandb=not args.no_wandb, resume=args.resume,
+        accelerator=args.accelerator,
+        devices=args.devices,
+        num_nodes=args.num_nodes,
+        strategy=args.strategy,
+        num_workers=args.num_workers,
+        wandb=not args.no_wandb,
+        resume=args.resume,
         progress=not args.quiet and sys.stderr.isatty(),
     )
 
@@ -175,8 +189,13 @@ def _cmd_run_all(args: argparse.Namespace) -> int:
     from bctbench import pipeline
 
     ctx = pipeline.RunContext.create(args.benchmark, args.data_root, args.cache_root, args.results_root)
-    failed = pipeline.run_all(ctx, methods=args.methods, seeds=args.seeds, overrides=args.overrides,
-                              runtime=_runtime_from_args(args))
+    failed = pipeline.run_all(
+        ctx,
+        methods=args.methods,
+        seeds=args.seeds,
+        overrides=args.overrides,
+        runtime=_runtime_from_args(args),
+    )
     print(pipeline.render_leaderboard(ctx))
     if failed:
         print("error: failed runs: " + ", ".join(failed), file=sys.stderr)
@@ -197,8 +216,13 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
     from bctbench.leaderboard import render
     from bctbench.paths import resolve_results_root
 
-    text = render(resolve_results_root(args.results_root), args.benchmark, fmt=args.format, out=args.out,
-                  plots_dir=args.plots)
+    text = render(
+        resolve_results_root(args.results_root),
+        args.benchmark,
+        fmt=args.format,
+        out=args.out,
+        plots_dir=args.plots,
+    )
     if args.out is None:
         print(text)
     else:

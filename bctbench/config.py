@@ -205,22 +205,36 @@ def validate_spec(spec: BenchmarkSpec, where: str) -> None:
     """Check value ranges and enumerations; raises :class:`ConfigError` naming ``where`` and the key."""
     d, m, t, o, e = spec.data, spec.models, spec.training, spec.old_model, spec.evaluation
     _require(d.dataset in DATASETS, f"{where}: data.dataset", f"'{d.dataset}' not in {DATASETS}")
-    _require(d.allocation in ALLOCATIONS, f"{where}: data.allocation", f"'{d.allocation}' not in {ALLOCATIONS}")
+    _require(
+        d.allocation in ALLOCATIONS, f"{where}: data.allocation", f"'{d.allocation}' not in {ALLOCATIONS}"
+    )
     _require(0.0 < d.ratio < 1.0, f"{where}: data.ratio", f"{d.ratio} not in (0, 1)")
     if d.dataset == "synthetic":
-        _require(d.synthetic_size in ("default", "tiny"), f"{where}: data.synthetic_size", "must be default|tiny")
+        _require(
+            d.synthetic_size in ("default", "tiny"), f"{where}: data.synthetic_size", "must be default|tiny"
+        )
     _require(m.embed_dim > 0, f"{where}: models.embed_dim", "must be positive")
     _require(t.epochs > 0 and o.epochs > 0, f"{where}: training.epochs/old_model.epochs", "must be positive")
     _require(t.batch_size > 1, f"{where}: training.batch_size", "must be > 1")
     _require(t.image_size >= 16, f"{where}: training.image_size", "must be >= 16")
-    _require(t.resize in RESIZE_POLICIES, f"{where}: training.resize", f"'{t.resize}' not in {RESIZE_POLICIES}")
     _require(
-        t.augmentation in AUGMENTATIONS, f"{where}: training.augmentation", f"'{t.augmentation}' not in {AUGMENTATIONS}"
+        t.resize in RESIZE_POLICIES, f"{where}: training.resize", f"'{t.resize}' not in {RESIZE_POLICIES}"
     )
-    _require(t.sampler in (None, "class_balanced"), f"{where}: training.sampler", "must be null|class_balanced")
+    _require(
+        t.augmentation in AUGMENTATIONS,
+        f"{where}: training.augmentation",
+        f"'{t.augmentation}' not in {AUGMENTATIONS}",
+    )
+    _require(
+        t.sampler in (None, "class_balanced"), f"{where}: training.sampler", "must be null|class_balanced"
+    )
     _require(t.optimizer.name in ("sgd", "adamw"), f"{where}: training.optimizer.name", "must be sgd|adamw")
     for i, es in enumerate(e.eval_sets):
-        _require(es.kind in EVAL_KINDS, f"{where}: evaluation.eval_sets[{i}].kind", f"'{es.kind}' not in {EVAL_KINDS}")
+        _require(
+            es.kind in EVAL_KINDS,
+            f"{where}: evaluation.eval_sets[{i}].kind",
+            f"'{es.kind}' not in {EVAL_KINDS}",
+        )
     names = [es.name for es in e.eval_sets]
     _require(len(set(names)) == len(names), f"{where}: evaluation.eval_sets", "duplicate eval-set names")
     bad = [p for p in e.pairs if p not in PAIRS]

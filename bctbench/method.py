@@ -27,7 +27,7 @@ from torch import nn
 
 from bctbench.errors import BCTBenchError, ConfigError
 from bctbench.models import EmbeddingModel
-from bctbench.old_model import FrozenOldModel, load_old_model
+from bctbench.old_model import load_old_model
 
 Batch = dict[str, torch.Tensor]
 
@@ -47,9 +47,17 @@ class MethodSetup:
     num_classes_old: int
     old_checkpoint: str
     old_checkpoint_sha256: str | None = None
-    optimizer: dict[str, Any] = field(default_factory=lambda: {"name": "sgd", "lr": 0.1, "momentum": 0.9,
-                                                                "weight_decay": 5e-4, "milestones": [],
-                                                                "gamma": 0.1, "warmup_epochs": 0})
+    optimizer: dict[str, Any] = field(
+        default_factory=lambda: {
+            "name": "sgd",
+            "lr": 0.1,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "milestones": [],
+            "gamma": 0.1,
+            "warmup_epochs": 0,
+        }
+    )
     max_epochs: int = 1
     image_size: int = 64
     pretrained_weights: str | None = None
@@ -110,8 +118,12 @@ def build_optimizer(params: Iterable[Any], spec: Mapping[str, Any], max_epochs: 
     ``milestones``, ``gamma``, ``warmup_epochs``). Returns Lightning's ``configure_optimizers`` dict."""
     name = spec.get("name", "sgd")
     if name == "sgd":
-        opt = torch.optim.SGD(params, lr=spec["lr"], momentum=spec.get("momentum", 0.9),
-                              weight_decay=spec.get("weight_decay", 0.0))
+        opt = torch.optim.SGD(
+            params,
+            lr=spec["lr"],
+            momentum=spec.get("momentum", 0.9),
+            weight_decay=spec.get("weight_decay", 0.0),
+        )
     elif name == "adamw":
         opt = torch.optim.AdamW(params, lr=spec["lr"], weight_decay=spec.get("weight_decay", 0.0))
     else:
@@ -149,10 +161,15 @@ class CompatibilityMethod(pl.LightningModule):
         if not isinstance(setup, MethodSetup):
             setup = MethodSetup.from_dict(setup)
         self.method_setup = setup
-        self.new = EmbeddingModel(setup.backbone_new, setup.embed_dim, setup.num_classes_new,
-                                  setup.pretrained_weights)
-        self.old = load_old_model(setup.old_checkpoint, setup.old_checkpoint_sha256,
-                                  expect_backbone=setup.backbone_old, expect_num_classes=setup.num_classes_old)
+        self.new = EmbeddingModel(
+            setup.backbone_new, setup.embed_dim, setup.num_classes_new, setup.pretrained_weights
+        )
+        self.old = load_old_model(
+            setup.old_checkpoint,
+            setup.old_checkpoint_sha256,
+            expect_backbone=setup.backbone_old,
+            expect_num_classes=setup.num_classes_old,
+        )
         if self.old.embed_dim != setup.embed_dim and not self.handles_dim_mismatch:
             raise ConfigError(
                 f"method '{self.name}': new embedding dim {setup.embed_dim} != old {self.old.embed_dim} and the "
@@ -163,7 +180,9 @@ class CompatibilityMethod(pl.LightningModule):
         self.hparams["setup"] = setup
 
     # ----------------------------------------------------------------------------------------- hooks
-    def compatibility_loss(self, batch: Batch, new: ModelOutput, old: ModelOutput | None) -> dict[str, torch.Tensor]:
+    def compatibility_loss(
+        self, batch: Batch, new: ModelOutput, old: ModelOutput | None
+    ) -> dict[str, torch.Tensor]:
         """Return named scalar loss terms (added to the classification loss). Override in plugins."""
         raise NotImplementedError
 
@@ -224,7 +243,9 @@ class CompatibilityMethod(pl.LightningModule):
         terms = {"cls": self.classification_loss(batch, new)}
         extra = self.compatibility_loss(batch, new, old)
         if "cls" in extra:
-            raise BCTBenchError(f"method '{self.name}': compatibility_loss must not return a term named 'cls'")
+            raise BCTBenchError(
+                f"method '{self.name}': compatibility_loss must not return a term named 'cls'"
+            )
         terms.update(extra)
         weights = self.loss_weights()
         total = sum(weights.get(k, 1.0) * v for k, v in terms.items())
@@ -236,13 +257,20 @@ class CompatibilityMethod(pl.LightningModule):
                     f"step {self.global_step}"
                 )
             self.log(f"train/loss/{key}", value.detach(), batch_size=batch_size, on_step=True, on_epoch=True)
-        self.log("train/loss/total", total.detach(), prog_bar=True, batch_size=batch_size, on_step=True,
-                 on_epoch=True)
+        self.log(
+            "train/loss/total",
+            total.detach(),
+            prog_bar=True,
+            batch_size=batch_size,
+            on_step=True,
+            on_epoch=True,
+        )
         return total
 
     def configure_optimizers(self):
-        return build_optimizer(self.trainable_parameters(), self.method_setup.optimizer,
-                               self.method_setup.max_epochs)
+        return build_optimizer(
+            self.trainable_parameters(), self.method_setup.optimizer, self.method_setup.max_epochs
+        )
 
     # ------------------------------------------------------------------------------------ helpers
     def gather_no_grad(self, tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -262,5 +290,7 @@ class CompatibilityMethod(pl.LightningModule):
         trainer = self._trainer
         if trainer is None or not trainer.max_epochs:
             return 0.0
-        per_epoch = max(1, int(trainer.num_training_batches) if math.isfinite(trainer.num_training_batches) else 1)
+        per_epoch = max(
+            1, int(trainer.num_training_batches) if math.isfinite(trainer.num_training_batches) else 1
+        )
         return min(1.0, self.global_step / (per_epoch * trainer.max_epochs))

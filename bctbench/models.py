@@ -33,7 +33,11 @@ class TinyCNN(nn.Module):
         layers: list[nn.Module] = []
         in_ch = 3
         for i, out_ch in enumerate(widths):
-            layers += [nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(True)]
+            layers += [
+                nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False),
+                nn.BatchNorm2d(out_ch),
+                nn.ReLU(True),
+            ]
             if i < len(widths) - 1:
                 layers.append(nn.MaxPool2d(2))
             in_ch = out_ch
@@ -81,8 +85,9 @@ class Embedder(nn.Module):
     def __init__(self, backbone: str, embed_dim: int, pretrained_weights: str | None = None) -> None:
         super().__init__()
         self.backbone = build_backbone(backbone, pretrained_weights)
-        self.neck = nn.Sequential(nn.Linear(self.backbone.num_features, embed_dim, bias=False),
-                                  nn.BatchNorm1d(embed_dim))
+        self.neck = nn.Sequential(
+            nn.Linear(self.backbone.num_features, embed_dim, bias=False), nn.BatchNorm1d(embed_dim)
+        )
         self.embed_dim = embed_dim
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -95,7 +100,9 @@ class EmbeddingModel(nn.Module):
     ``forward(images)`` returns ``(embedding[B, d], logits[B, C])``.
     """
 
-    def __init__(self, backbone: str, embed_dim: int, num_classes: int, pretrained_weights: str | None = None):
+    def __init__(
+        self, backbone: str, embed_dim: int, num_classes: int, pretrained_weights: str | None = None
+    ):
         super().__init__()
         self.embedder = Embedder(backbone, embed_dim, pretrained_weights)
         self.classifier = nn.Linear(embed_dim, num_classes, bias=False)

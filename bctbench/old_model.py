@@ -32,7 +32,9 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def save_old_checkpoint(model: EmbeddingModel, path: str | Path, *, backbone: str, meta: dict[str, Any]) -> str:
+def save_old_checkpoint(
+    model: EmbeddingModel, path: str | Path, *, backbone: str, meta: dict[str, Any]
+) -> str:
     """Write an old-model checkpoint atomically; return its sha256."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,10 +113,15 @@ def load_old_model(
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a bctbench old-model checkpoint (key 'format' != '{FORMAT}')")
-    for key, expected in (("backbone", expect_backbone), ("embed_dim", expect_embed_dim),
-                          ("num_classes", expect_num_classes)):
+    for key, expected in (
+        ("backbone", expect_backbone),
+        ("embed_dim", expect_embed_dim),
+        ("num_classes", expect_num_classes),
+    ):
         if expected is not None and payload.get(key) != expected:
-            raise CheckpointError(f"{path}: '{key}' is {payload.get(key)!r}, the benchmark expects {expected!r}")
+            raise CheckpointError(
+                f"{path}: '{key}' is {payload.get(key)!r}, the benchmark expects {expected!r}"
+            )
     model = EmbeddingModel(payload["backbone"], payload["embed_dim"], payload["num_classes"])
     try:
         model.load_state_dict(payload["state_dict"], strict=True)

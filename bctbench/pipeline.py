@@ -25,6 +25,21 @@ from bctbench.paths import resolve_cache_root, resolve_data_root, resolve_result
 
 log = logging.getLogger("bctbench")
 
+# Expected with a frozen old submodule and small synthetic epochs; everything else stays visible.
+_QUIET_WARNINGS = (
+    r".*module\(s\) in eval mode at the start of training.*",
+    r".*smaller than the logging interval.*",
+    r".*does not have many workers.*",
+    r".*isinstance\(treespec, LeafSpec\).*",
+)
+
+
+def _fit(trainer, module, datamodule, ckpt_path=None) -> None:
+    with warnings.catch_warnings():
+        for pattern in _QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+
 
 @dataclass
 class Runtime:
@@ -63,8 +78,12 @@ class RunContext:
 
     @classmethod
     def create(cls, benchmark: str, data_root=None, cache_root=None, results_root=None) -> RunContext:
-        return cls(load_benchmark(benchmark), resolve_data_root(data_root), resolve_cache_root(cache_root),
-                   resolve_results_root(results_root))
+        return cls(
+            load_benchmark(benchmark),
+            resolve_data_root(data_root),
+            resolve_cache_root(cache_root),
+            resolve_results_root(results_root),
+        )
 
     @property
     def gldv2_root(self) -> Path:
@@ -76,9 +95,18 @@ class RunContext:
     def old_key(self) -> str:
         """Hash of everything the old model depends on (not the eval protocol)."""
         s = self.spec
-        blob = json.dumps([dataclasses.asdict(s.data), s.models.old_backbone, s.models.embed_dim, s.models.neck,
-                           s.models.pretrained_weights, dataclasses.asdict(s.training),
-                           dataclasses.asdict(s.old_model)], sort_keys=True)
+        blob = json.dumps(
+            [
+                dataclasses.asdict(s.data),
+                s.models.old_backbone,
+                s.models.embed_dim,
+                s.models.neck,
+                s.models.pretrained_weights,
+                dataclasses.asdict(s.training),
+                dataclasses.asdict(s.old_model),
+            ],
+            sort_keys=True,
+        )
         import hashlib
 
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -96,7 +124,9 @@ def ensure_dataset(ctx: RunContext) -> None:
         from datamodules.synthetic import ensure_synthetic, synthetic_size
 
         name = Path(d.root).parts[0]
-        ensure_synthetic(ctx.data_root, name=name, seed=d.synthetic_seed, config=synthetic_size(d.synthetic_size))
+        ensure_synthetic(
+            ctx.data_root, name=name, seed=d.synthetic_seed, config=synthetic_size(d.synthetic_size)
+        )
 
 
 def build_datamodule(ctx: RunContext, stage: str, runtime: Runtime, seed: int):
@@ -105,9 +135,19 @@ def build_datamodule(ctx: RunContext, stage: str, runtime: Runtime, seed: int):
     t = ctx.spec.training
     workers = t.num_workers if runtime.num_workers is None else runtime.num_workers
     return GLDv2DataModule(
-        ctx.gldv2_root, ctx.spec.data.allocation, stage=stage, image_size=t.image_size, batch_size=t.batch_size,
-        num_workers=workers, sampler=t.sampler, m_per_class=t.m_per_class, seed=seed, ratio=ctx.spec.data.ratio,
-        drop_last=t.drop_last, augmentation=t.augmentation, resize=t.resize,
+        ctx.gldv2_root,
+        ctx.spec.data.allocation,
+        stage=stage,
+        image_size=t.image_size,
+        batch_size=t.batch_size,
+        num_workers=workers,
+        sampler=t.sampler,
+        m_per_class=t.m_per_class,
+        seed=seed,
+        ratio=ctx.spec.data.ratio,
+        drop_last=t.drop_last,
+        augmentation=t.augmentation,
+        resize=t.resize,
     )
 
 
@@ -125,7 +165,9 @@ def training_images(dm, stage: str):
 
     items = dm.train_image_paths_and_labels(stage)
     num_classes = dm.num_old_classes if stage == "old" else dm.num_new_classes
-    return TrainingImages(items.paths, torch.as_tensor(items.labels), torch.as_tensor(items.old_labels), num_classes)
+    return TrainingImages(
+        items.paths, torch.as_tensor(items.labels), torch.as_tensor(items.old_labels), num_classes
+    )
 
 
 def test_transform(ctx: RunContext):
@@ -155,40 +197,62 @@ def prepare_data(ctx: RunContext) -> dict[str, Any]:
     ensure_dataset(ctx)
     prepare_split(ctx.gldv2_root, ctx.spec.data.allocation, ratio=ctx.spec.data.ratio)
     split = load_split(ctx.gldv2_root, ctx.spec.data.allocation)
-    info: dict[str, Any] = {"benchmark": ctx.spec.name, "gldv2_root": str(ctx.gldv2_root),
-                            "allocation": ctx.spec.data.allocation, "split_rows": len(split),
-                            "old_images": int(split["in_old"].sum()) if "in_old" in split else None,
-                            "new_images": int(split["in_new"].sum()) if "in_new" in split else None,
-                            "split_sha256": split_sha256(ctx)}
+    info: dict[str, Any] = {
+        "benchmark": ctx.spec.name,
+        "gldv2_root": str(ctx.gldv2_root),
+        "allocation": ctx.spec.data.allocation,
+        "split_rows": len(split),
+        "old_images": int(split["in_old"].sum()) if "in_old" in split else None,
+        "new_images": int(split["in_new"].sum()) if "in_new" in split else None,
+        "split_sha256": split_sha256(ctx),
+    }
     for es in load_eval_sets(ctx):
         info[f"eval/{es.name}"] = f"{len(es.query_paths)} queries x {len(es.gallery_paths)} gallery"
     return info
 
 
 # ------------------------------------------------------------------------------------------ trainer
-def _trainer(ctx: RunContext, runtime: Runtime, *, max_epochs: int, default_root_dir: Path, logger: Any,
-             callbacks: list | None = None):
+def _trainer(
+    ctx: RunContext,
+    runtime: Runtime,
+    *,
+    max_epochs: int,
+    default_root_dir: Path,
+    logger: Any,
+    callbacks: list | None = None,
+):
     import lightning.pytorch as pl
 
     return pl.Trainer(
-        max_epochs=max_epochs, accelerator=runtime.accelerator, devices=runtime.devices,
-        num_nodes=runtime.num_nodes, strategy=runtime.strategy, precision=ctx.spec.training.precision,
-        default_root_dir=str(default_root_dir), logger=logger if logger is not None else False,
-        callbacks=callbacks or [], enable_progress_bar=runtime.progress, enable_model_summary=False,
-        log_every_n_steps=10, num_sanity_val_steps=0,
+        max_epochs=max_epochs,
+        accelerator=runtime.accelerator,
+        devices=runtime.devices,
+        num_nodes=runtime.num_nodes,
+        strategy=runtime.strategy,
+        precision=ctx.spec.training.precision,
+        default_root_dir=str(default_root_dir),
+        logger=logger if logger is not None else False,
+        callbacks=callbacks or [],
+        enable_progress_bar=runtime.progress,
+        enable_model_summary=False,
+        log_every_n_steps=10,
+        num_sanity_val_steps=0,
         use_distributed_sampler=ctx.spec.training.sampler is None,
     )
 
 
 def _device(runtime: Runtime) -> str:
-    if runtime.accelerator in ("gpu", "cuda") or (runtime.accelerator == "auto" and torch.cuda.is_available()):
+    if runtime.accelerator in ("gpu", "cuda") or (
+        runtime.accelerator == "auto" and torch.cuda.is_available()
+    ):
         return "cuda"
     return "cpu"
 
 
 # ----------------------------------------------------------------------------------------- old model
-def ensure_old_model(ctx: RunContext, runtime: Runtime | None = None, *, checkpoint: str | None = None,
-                     seed: int = 0) -> OldModelRef:
+def ensure_old_model(
+    ctx: RunContext, runtime: Runtime | None = None, *, checkpoint: str | None = None, seed: int = 0
+) -> OldModelRef:
     """Return the benchmark's shared old checkpoint: a registered one, the cached one, or a freshly trained one.
 
     Given checkpoints (``--checkpoint`` or the spec's ``old_model.checkpoint``) are loaded strictly and, when
@@ -202,17 +266,25 @@ def ensure_old_model(ctx: RunContext, runtime: Runtime | None = None, *, checkpo
     given = checkpoint or spec.old_model.checkpoint
     if given:
         path = Path(given)
-        old = load_old_model(path, spec.old_model.sha256, expect_backbone=spec.models.old_backbone,
-                             expect_embed_dim=spec.models.embed_dim)
+        old = load_old_model(
+            path,
+            spec.old_model.sha256,
+            expect_backbone=spec.models.old_backbone,
+            expect_embed_dim=spec.models.embed_dim,
+        )
         ctx.old_dir.mkdir(parents=True, exist_ok=True)
-        meta_path.write_text(json.dumps({"path": str(path.resolve()), "sha256": old.sha256, "registered": True}))
+        meta_path.write_text(
+            json.dumps({"path": str(path.resolve()), "sha256": old.sha256, "registered": True})
+        )
         return OldModelRef(path, old.sha256)
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         path = Path(meta["path"])
         if not path.is_file():
-            raise CheckpointError(f"{meta_path}: cached old checkpoint {path} is missing (delete the folder "
-                                  f"{ctx.old_dir} to retrain)")
+            raise CheckpointError(
+                f"{meta_path}: cached old checkpoint {path} is missing (delete the folder "
+                f"{ctx.old_dir} to retrain)"
+            )
         if file_sha256(path) != meta["sha256"]:
             raise CheckpointError(f"{path}: sha256 does not match {meta_path} (the cached old model changed)")
         return OldModelRef(path, meta["sha256"])
@@ -226,18 +298,38 @@ def ensure_old_model(ctx: RunContext, runtime: Runtime | None = None, *, checkpo
     dm = build_datamodule(ctx, "old", runtime, seed)
     dm.prepare_data()
     dm.setup("fit")
-    module = ClassifierModule(backbone=spec.models.old_backbone, embed_dim=spec.models.embed_dim,
-                              num_classes=dm.num_classes, optimizer=dataclasses.asdict(spec.training.optimizer),
-                              max_epochs=spec.old_model.epochs, pretrained_weights=spec.models.pretrained_weights)
-    log.info("training the old model of %s (%d classes, %d epochs)", spec.name, dm.num_classes,
-             spec.old_model.epochs)
+    module = ClassifierModule(
+        backbone=spec.models.old_backbone,
+        embed_dim=spec.models.embed_dim,
+        num_classes=dm.num_classes,
+        optimizer=dataclasses.asdict(spec.training.optimizer),
+        max_epochs=spec.old_model.epochs,
+        pretrained_weights=spec.models.pretrained_weights,
+    )
+    log.info(
+        "training the old model of %s (%d classes, %d epochs)",
+        spec.name,
+        dm.num_classes,
+        spec.old_model.epochs,
+    )
     start = time.time()
-    trainer = _trainer(ctx, runtime, max_epochs=spec.old_model.epochs, default_root_dir=ctx.old_dir, logger=None)
-    trainer.fit(module, datamodule=dm)
+    trainer = _trainer(
+        ctx, runtime, max_epochs=spec.old_model.epochs, default_root_dir=ctx.old_dir, logger=None
+    )
+    _fit(trainer, module, dm)
     path = ctx.old_dir / "old_model.pt"
-    sha = save_old_checkpoint(module.model, path, backbone=spec.models.old_backbone,
-                              meta={"benchmark": spec.name, "old_key": ctx.old_key(), "seed": seed,
-                                    "epochs": spec.old_model.epochs, "train_seconds": time.time() - start})
+    sha = save_old_checkpoint(
+        module.model,
+        path,
+        backbone=spec.models.old_backbone,
+        meta={
+            "benchmark": spec.name,
+            "old_key": ctx.old_key(),
+            "seed": seed,
+            "epochs": spec.old_model.epochs,
+            "train_seconds": time.time() - start,
+        },
+    )
     tmp = meta_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({"path": str(path.resolve()), "sha256": sha, "registered": False}))
     os.replace(tmp, meta_path)
@@ -259,10 +351,15 @@ def build_evaluator(ctx: RunContext, runtime: Runtime, eval_sets: list | None = 
     e = ctx.spec.evaluation
     workers = ctx.spec.training.num_workers if runtime.num_workers is None else runtime.num_workers
     return CompatibilityEvaluator(
-        eval_sets if eval_sets is not None else load_eval_sets(ctx), test_transform(ctx), pairs=e.pairs,
+        eval_sets if eval_sets is not None else load_eval_sets(ctx),
+        test_transform(ctx),
+        pairs=e.pairs,
         cache=FeatureCache(ctx.cache_root / "features" / ctx.spec.name),
-        variant="crop" if e.query_crop else "advbct_compat", batch_size=e.batch_size, num_workers=workers,
-        device=_device(runtime), progress=runtime.progress,
+        variant="crop" if e.query_crop else "advbct_compat",
+        batch_size=e.batch_size,
+        num_workers=workers,
+        device=_device(runtime),
+        progress=runtime.progress,
         backfill=BackfillSettings(n_fractions=e.backfill_fractions, seeds=e.backfill_seeds),
     )
 
@@ -271,25 +368,43 @@ def _artifact_store(ctx: RunContext, model, dm, runtime: Runtime):
     from bctbench.artifacts import ArtifactStore
 
     return ArtifactStore(
-        ctx.cache_root / "artifacts" / ctx.spec.name, model.old, split_sha256(ctx),
-        new_images=lambda: training_images(dm, "new"), old_images=lambda: training_images(dm, "old"),
-        transform=test_transform(ctx), batch_size=ctx.spec.evaluation.batch_size, device=_device(runtime),
+        ctx.cache_root / "artifacts" / ctx.spec.name,
+        model.old,
+        split_sha256(ctx),
+        new_images=lambda: training_images(dm, "new"),
+        old_images=lambda: training_images(dm, "old"),
+        transform=test_transform(ctx),
+        batch_size=ctx.spec.evaluation.batch_size,
+        device=_device(runtime),
     )
 
 
 def _callbacks(run_dir: Path, with_lr_monitor: bool) -> list:
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
-    cbs: list = [ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="epoch{epoch:03d}",
-                                 auto_insert_metric_name=False, save_last=True, save_top_k=-1,
-                                 every_n_epochs=1)]
+    cbs: list = [
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            filename="epoch{epoch:03d}",
+            auto_insert_metric_name=False,
+            save_last=True,
+            save_top_k=-1,
+            every_n_epochs=1,
+        )
+    ]
     if with_lr_monitor:
         cbs.append(LearningRateMonitor(logging_interval="epoch"))
     return cbs
 
 
-def run(ctx: RunContext, method_name: str, *, seed: int = 0, overrides: list[str] | None = None,
-        runtime: Runtime | None = None):
+def run(
+    ctx: RunContext,
+    method_name: str,
+    *,
+    seed: int = 0,
+    overrides: list[str] | None = None,
+    runtime: Runtime | None = None,
+):
     """Train, evaluate and record one (method, seed) run; returns the written :class:`RunResult`."""
     import lightning.pytorch as pl
 
@@ -318,11 +433,17 @@ def run(ctx: RunContext, method_name: str, *, seed: int = 0, overrides: list[str
     dm.prepare_data()
     dm.setup("fit")
     setup = MethodSetup(
-        backbone_new=spec.models.new_backbone, backbone_old=spec.models.old_backbone,
-        embed_dim=spec.models.embed_dim, num_classes_new=dm.num_classes, num_classes_old=dm.num_old_classes,
-        old_checkpoint=str(old_ref.path), old_checkpoint_sha256=old_ref.sha256,
-        optimizer=dataclasses.asdict(spec.training.optimizer), max_epochs=spec.training.epochs,
-        image_size=spec.training.image_size, pretrained_weights=spec.models.pretrained_weights,
+        backbone_new=spec.models.new_backbone,
+        backbone_old=spec.models.old_backbone,
+        embed_dim=spec.models.embed_dim,
+        num_classes_new=dm.num_classes,
+        num_classes_old=dm.num_old_classes,
+        old_checkpoint=str(old_ref.path),
+        old_checkpoint_sha256=old_ref.sha256,
+        optimizer=dataclasses.asdict(spec.training.optimizer),
+        max_epochs=spec.training.epochs,
+        image_size=spec.training.image_size,
+        pretrained_weights=spec.models.pretrained_weights,
         artifact_store=str(ctx.cache_root / "artifacts" / spec.name),
     )
     try:
@@ -337,25 +458,36 @@ def run(ctx: RunContext, method_name: str, *, seed: int = 0, overrides: list[str
     run_dir = ctx.run_dir(cls.name, seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     hparams = {k: v for k, v in model.hparams.items() if k != "setup"}
-    config = {"benchmark": spec.name, "benchmark_sha256": spec.sha256, "method": cls.name, "seed": seed,
-              "method_hparams": hparams, "spec": spec.to_dict()}
+    config = {
+        "benchmark": spec.name,
+        "benchmark_sha256": spec.sha256,
+        "method": cls.name,
+        "seed": seed,
+        "method_hparams": hparams,
+        "spec": spec.to_dict(),
+    }
     (run_dir / "config.json").write_text(json.dumps(config, indent=2, default=str))
-    logger = tracking.make_wandb_logger(cls.name, spec.name, seed, config, ctx.results_root.parent / "wandb-runs",
-                                        enabled=runtime.wandb)
+    logger = tracking.make_wandb_logger(
+        cls.name, spec.name, seed, config, ctx.results_root.parent / "wandb-runs", enabled=runtime.wandb
+    )
     if logger is None:
         from lightning.pytorch.loggers import CSVLogger
 
         logger = CSVLogger(str(run_dir), name="logs")
-    trainer = _trainer(ctx, runtime, max_epochs=spec.training.epochs, default_root_dir=run_dir, logger=logger,
-                       callbacks=_callbacks(run_dir, with_lr_monitor=True))
+    trainer = _trainer(
+        ctx,
+        runtime,
+        max_epochs=spec.training.epochs,
+        default_root_dir=run_dir,
+        logger=logger,
+        callbacks=_callbacks(run_dir, with_lr_monitor=True),
+    )
     last = run_dir / "checkpoints" / "last.ckpt"
     ckpt_path = str(last) if runtime.resume and last.is_file() else None
     if runtime.resume and ckpt_path is None:
         log.warning("--resume: no checkpoint at %s; training from scratch", last)
     t0 = time.time()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+    _fit(trainer, model, dm, ckpt_path)
     timings["fit"] = time.time() - t0
 
     if trainer.global_rank != 0 and trainer.world_size > 1:
@@ -368,12 +500,24 @@ def run(ctx: RunContext, method_name: str, *, seed: int = 0, overrides: list[str
 
     prov = collect_provenance()
     result = RunResult(
-        benchmark=spec.name, method=cls.name, seed=seed, metrics=report.rows, curves={"backfill": report.curves},
-        primary=report.primary, method_hparams=_jsonable(hparams), flags=_flags(cls, hparams, spec),
-        benchmark_sha256=spec.sha256, old_checkpoint_sha256=old_ref.sha256, split_sha256=split_sha256(ctx),
-        git=prov.get("git", {}), env=prov.get("env", {}),
-        eval_variants={"query_crop": spec.evaluation.query_crop, "image_size": spec.training.image_size,
-                       "resize": spec.training.resize},
+        benchmark=spec.name,
+        method=cls.name,
+        seed=seed,
+        metrics=report.rows,
+        curves={"backfill": report.curves},
+        primary=report.primary,
+        method_hparams=_jsonable(hparams),
+        flags=_flags(cls, hparams, spec),
+        benchmark_sha256=spec.sha256,
+        old_checkpoint_sha256=old_ref.sha256,
+        split_sha256=split_sha256(ctx),
+        git=prov.get("git", {}),
+        env=prov.get("env", {}),
+        eval_variants={
+            "query_crop": spec.evaluation.query_crop,
+            "image_size": spec.training.image_size,
+            "resize": spec.training.resize,
+        },
         wandb_run=getattr(logger, "version", None) if logger.__class__.__name__ == "WandbLogger" else None,
         timings=timings,
     )
@@ -402,8 +546,14 @@ def _flags(cls: type, hparams: dict[str, Any], spec: BenchmarkSpec) -> list[str]
     return flags
 
 
-def run_all(ctx: RunContext, *, methods: list[str] | None = None, seeds: list[int] | None = None,
-            overrides: list[str] | None = None, runtime: Runtime | None = None) -> list[str]:
+def run_all(
+    ctx: RunContext,
+    *,
+    methods: list[str] | None = None,
+    seeds: list[int] | None = None,
+    overrides: list[str] | None = None,
+    runtime: Runtime | None = None,
+) -> list[str]:
     """Run every (method, seed); a failing run is reported and the others go on. Returns failed run names."""
     from bctbench.registry import list_methods
 

@@ -15,8 +15,16 @@ from bctbench.models import EmbeddingModel
 class ClassifierModule(pl.LightningModule):
     """Trains :class:`EmbeddingModel` (backbone → neck → bias-free classifier) with CE on ``batch["labels"]``."""
 
-    def __init__(self, *, backbone: str, embed_dim: int, num_classes: int, optimizer: dict[str, Any],
-                 max_epochs: int, pretrained_weights: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        backbone: str,
+        embed_dim: int,
+        num_classes: int,
+        optimizer: dict[str, Any],
+        max_epochs: int,
+        pretrained_weights: str | None = None,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = EmbeddingModel(backbone, embed_dim, num_classes, pretrained_weights)
@@ -26,8 +34,14 @@ class ClassifierModule(pl.LightningModule):
         loss = F.cross_entropy(logits.float(), batch["labels"])
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"old model: loss is {loss.item()} at epoch {self.current_epoch}")
-        self.log("train/loss/cls", loss.detach(), prog_bar=True, batch_size=batch["images"].shape[0],
-                 on_step=True, on_epoch=True)
+        self.log(
+            "train/loss/cls",
+            loss.detach(),
+            prog_bar=True,
+            batch_size=batch["images"].shape[0],
+            on_step=True,
+            on_epoch=True,
+        )
         return loss
 
     def configure_optimizers(self):

@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from bctbench import Batch, CompatibilityMethod, MethodSetup, ModelOutput, register_method
-from bctbench import losses
+from bctbench import Batch, CompatibilityMethod, MethodSetup, ModelOutput, losses, register_method
 
 
 @register_method("my_method")  # must equal the file name
@@ -42,10 +41,14 @@ class MyMethod(CompatibilityMethod):
         super().__init__(setup)
         self.weight = weight
 
-    def compatibility_loss(self, batch: Batch, new: ModelOutput, old: ModelOutput | None) -> dict[str, torch.Tensor]:
+    def compatibility_loss(
+        self, batch: Batch, new: ModelOutput, old: ModelOutput | None
+    ) -> dict[str, torch.Tensor]:
         # Return named scalar terms; each is logged as train/loss/<name> and added to the CE loss.
         assert old is not None
-        term = losses.point_to_point_loss(new.embedding_normed, old.embedding_normed, batch["labels"], kind="l2")
+        term = losses.point_to_point_loss(
+            new.embedding_normed, old.embedding_normed, batch["labels"], kind="l2"
+        )
         return {"l2": self.weight * term}
 
     @classmethod

@@ -29,7 +29,15 @@ from __future__ import annotations
 
 import torch
 
-from bctbench import Batch, CompatibilityMethod, ConfigError, MethodSetup, ModelOutput, losses, register_method
+from bctbench import (
+    Batch,
+    CompatibilityMethod,
+    ConfigError,
+    MethodSetup,
+    ModelOutput,
+    losses,
+    register_method,
+)
 
 
 @register_method("bct")
@@ -39,8 +47,15 @@ class BCT(CompatibilityMethod):
     needs_old_forward = False
     required_artifacts = frozenset({"class_means_new"})
 
-    def __init__(self, setup: MethodSetup, *, weight: float = 1.0, new_class_rows: str = "synthesized",
-                 syn_row_scale: str = "none", ract_negatives: bool = False) -> None:
+    def __init__(
+        self,
+        setup: MethodSetup,
+        *,
+        weight: float = 1.0,
+        new_class_rows: str = "synthesized",
+        syn_row_scale: str = "none",
+        ract_negatives: bool = False,
+    ) -> None:
         super().__init__(setup)
         if new_class_rows not in ("synthesized", "none"):
             raise ConfigError(f"bct: new_class_rows must be 'synthesized' or 'none', got {new_class_rows!r}")
@@ -64,14 +79,21 @@ class BCT(CompatibilityMethod):
             self.row_of_class = old_label_of_class.clone()
         else:
             synthesized = losses.synthesized_rows(data["means"], old_label_of_class)
-            self.influence_table = losses.build_influence_table(w_old, synthesized, syn_row_scale=self.syn_row_scale)
+            self.influence_table = losses.build_influence_table(
+                w_old, synthesized, syn_row_scale=self.syn_row_scale
+            )
             self.row_of_class = losses.influence_row_index(old_label_of_class, w_old.shape[0])
 
-    def compatibility_loss(self, batch: Batch, new: ModelOutput, old: ModelOutput | None) -> dict[str, torch.Tensor]:
+    def compatibility_loss(
+        self, batch: Batch, new: ModelOutput, old: ModelOutput | None
+    ) -> dict[str, torch.Tensor]:
         labels = batch["labels"]
         valid = self.has_old_class[labels] if self.new_class_rows == "none" else None
         term = losses.influence_loss(
-            new.embedding, self.row_of_class[labels], self.influence_table, valid_mask=valid,
+            new.embedding,
+            self.row_of_class[labels],
+            self.influence_table,
+            valid_mask=valid,
             new_logits=new.logits if self.ract_negatives else None,
             new_labels=labels if self.ract_negatives else None,
         )

@@ -23,19 +23,28 @@ class Contra(CompatibilityMethod):
     reference_code = "TencentARC/OpenCompatible model/loss.py (BackwardCompatibleLoss, type 'contra')"
     needs_old_forward = True
 
-    def __init__(self, setup: MethodSetup, *, weight: float = 1.0, temperature: float = 0.01,
-                 topk_neg: int = 10) -> None:
+    def __init__(
+        self, setup: MethodSetup, *, weight: float = 1.0, temperature: float = 0.01, topk_neg: int = 10
+    ) -> None:
         super().__init__(setup)
         self.weight = weight
         self.temperature = temperature
         self.topk_neg = topk_neg
 
-    def compatibility_loss(self, batch: Batch, new: ModelOutput, old: ModelOutput | None) -> dict[str, torch.Tensor]:
+    def compatibility_loss(
+        self, batch: Batch, new: ModelOutput, old: ModelOutput | None
+    ) -> dict[str, torch.Tensor]:
         gathered_old, offset = self.gather_no_grad(old.embedding_normed)
         gathered_labels, _ = self.gather_no_grad(batch["labels"])
         term = losses.point_to_point_loss(
-            new.embedding_normed, old.embedding_normed, batch["labels"], kind="contra", gathered_old=gathered_old,
-            gathered_labels=gathered_labels, local_offset=offset, temperature=self.temperature,
+            new.embedding_normed,
+            old.embedding_normed,
+            batch["labels"],
+            kind="contra",
+            gathered_old=gathered_old,
+            gathered_labels=gathered_labels,
+            local_offset=offset,
+            temperature=self.temperature,
             topk_neg=self.topk_neg,
         )
         return {"contra": self.weight * term}

@@ -12,7 +12,9 @@ from bctbench import Batch, CompatibilityMethod, MethodSetup, ModelOutput, regis
 
 @register_method("independent")
 class Independent(CompatibilityMethod):
-    paper = "φ* reference: new model trained alone (Shen et al., CVPR 2020, arXiv 2003.11942, 'independent' rows)"
+    paper = (
+        "φ* reference: new model trained alone (Shen et al., CVPR 2020, arXiv 2003.11942, 'independent' rows)"
+    )
     reference_code = "Ashespt/AdvBCT trainer/trainer.py (base trainer without COMP_LOSS)"
     needs_old_forward = False
 

@@ -27,8 +27,12 @@ class L2(CompatibilityMethod):
         super().__init__(setup)
         self.weight = weight
 
-    def compatibility_loss(self, batch: Batch, new: ModelOutput, old: ModelOutput | None) -> dict[str, torch.Tensor]:
-        term = losses.point_to_point_loss(new.embedding_normed, old.embedding_normed, batch["labels"], kind="l2")
+    def compatibility_loss(
+        self, batch: Batch, new: ModelOutput, old: ModelOutput | None
+    ) -> dict[str, torch.Tensor]:
+        term = losses.point_to_point_loss(
+            new.embedding_normed, old.embedding_normed, batch["labels"], kind="l2"
+        )
         return {"l2": self.weight * term}
 
     @classmethod

@@ -13,8 +13,14 @@ from bctbench.config import (
 from bctbench.errors import ConfigError
 
 EXPECTED = {
-    "smoke", "synth_class30to100", "synth_data30to100", "gldv2_data30to100_r18", "gldv2_class30to100_r18",
-    "gldv2_data30to100_r18to50", "gldv2_class30to100_r18to50", "gldv2_openclass30to70_r18",
+    "smoke",
+    "synth_class30to100",
+    "synth_data30to100",
+    "gldv2_data30to100_r18",
+    "gldv2_class30to100_r18",
+    "gldv2_data30to100_r18to50",
+    "gldv2_class30to100_r18to50",
+    "gldv2_openclass30to70_r18",
     "gldv2_seq_data10to30to100_r18",
 }
 
@@ -34,7 +40,11 @@ def test_every_shipped_benchmark_loads_and_is_complete():
 
 def test_real_benchmarks_pin_the_advbct_recipe():
     spec = load_benchmark("gldv2_class30to100_r18to50")
-    assert (spec.models.old_backbone, spec.models.new_backbone, spec.models.embed_dim) == ("resnet18", "resnet50", 256)
+    assert (spec.models.old_backbone, spec.models.new_backbone, spec.models.embed_dim) == (
+        "resnet18",
+        "resnet50",
+        256,
+    )
     assert spec.training.optimizer.milestones == (5, 10, 20) and spec.training.epochs == 30
     assert {e.name for e in spec.evaluation.eval_sets} == {"roxford5k", "rparis6k", "gldv2"}
 

@@ -47,7 +47,9 @@ def fractions_grid(n_points: int = 11) -> np.ndarray:
     return np.round(np.linspace(0.0, 1.0, n_points), 10)
 
 
-def mixed_gallery(gallery_old: np.ndarray, gallery_new: np.ndarray, order: np.ndarray, fraction: float) -> np.ndarray:
+def mixed_gallery(
+    gallery_old: np.ndarray, gallery_new: np.ndarray, order: np.ndarray, fraction: float
+) -> np.ndarray:
     """``float32[N, D]``: rows ``order[:⌊fraction·N⌋]`` from ``gallery_new``, the rest from ``gallery_old``."""
     n = gallery_old.shape[0]
     out = _unit(gallery_old).copy()
@@ -57,8 +59,12 @@ def mixed_gallery(gallery_old: np.ndarray, gallery_new: np.ndarray, order: np.nd
 
 
 def merge_features(
-    query_old: np.ndarray, query_new: np.ndarray, gallery_old: np.ndarray, gallery_new: np.ndarray,
-    order: np.ndarray, fraction: float,
+    query_old: np.ndarray,
+    query_new: np.ndarray,
+    gallery_old: np.ndarray,
+    gallery_new: np.ndarray,
+    order: np.ndarray,
+    fraction: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Concatenated-space features whose inner products implement distance rank merge (module docstring).
 
@@ -94,9 +100,18 @@ class BackfillCurve:
         return float(metrics.backfill_auc(self.fractions, self.values))
 
     def to_dict(self) -> dict:
-        return {"eval_set": self.eval_set, "protocol": self.protocol, "metric": self.metric, "mode": self.mode,
-                "order": self.order, "order_seed": self.order_seed, "fractions": list(self.fractions),
-                "values": list(self.values), "auc": self.auc, "nfr": list(self.nfr)}
+        return {
+            "eval_set": self.eval_set,
+            "protocol": self.protocol,
+            "metric": self.metric,
+            "mode": self.mode,
+            "order": self.order,
+            "order_seed": self.order_seed,
+            "fractions": list(self.fractions),
+            "values": list(self.values),
+            "auc": self.auc,
+            "nfr": list(self.nfr),
+        }
 
 
 def backfill_curves(
@@ -134,7 +149,9 @@ def backfill_curves(
     per_protocol = {p: ([], []) for p in eval_set.protocols}
     for t in fractions:
         if mode == "mixed":
-            ranks = rank(query_new, mixed_gallery(gallery_old, gallery_new, order, t), topk=eval_set.ranking_depth)
+            ranks = rank(
+                query_new, mixed_gallery(gallery_old, gallery_new, order, t), topk=eval_set.ranking_depth
+            )
         else:
             q, g = merge_features(query_old, query_new, gallery_old, gallery_new, order, t)
             ranks = rank(q, g, topk=eval_set.ranking_depth)
@@ -142,9 +159,20 @@ def backfill_curves(
         top1 = eval_set.top1_correct(ranks) if old_top1 is not None else None
         for p, (values, nfr) in per_protocol.items():
             values.append(scores[p][metric])
-            nfr.append(float(metrics.negative_flip_rate(old_top1[p], top1[p])) if top1 is not None else float("nan"))
+            nfr.append(
+                float(metrics.negative_flip_rate(old_top1[p], top1[p])) if top1 is not None else float("nan")
+            )
     return [
-        BackfillCurve(eval_set.name, p, metric, mode, order_name, order_seed, [float(t) for t in fractions],
-                      [float(v) for v in values], nfr)
+        BackfillCurve(
+            eval_set.name,
+            p,
+            metric,
+            mode,
+            order_name,
+            order_seed,
+            [float(t) for t in fractions],
+            [float(v) for v in values],
+            nfr,
+        )
         for p, (values, nfr) in per_protocol.items()
     ]

@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 DEFAULT_PAIRS = ("old-old", "new-old", "new-new", "old-new")
 
 
-def metric_key(eval_set: str, protocol: str, query: str, gallery: str, metric: str, split: str = "test") -> str:
+def metric_key(
+    eval_set: str, protocol: str, query: str, gallery: str, metric: str, split: str = "test"
+) -> str:
     return f"{split}/{eval_set}/{protocol}/{query}-{gallery}/{metric}"
 
 
@@ -38,22 +40,32 @@ class CompatibilityReport:
     primary: dict[str, list[str]] = field(default_factory=dict)
 
     def metric_dict(self) -> dict[str, float]:
-        return {metric_key(r["eval_set"], r["protocol"], r["query_model"], r["gallery_model"], r["metric"]):
-                r["value"] for r in self.rows}
+        return {
+            metric_key(r["eval_set"], r["protocol"], r["query_model"], r["gallery_model"], r["metric"]): r[
+                "value"
+            ]
+            for r in self.rows
+        }
 
     def value(self, eval_set: str, protocol: str, pair: str, metric: str) -> float:
         q, g = pair.split("-")
         for r in self.rows:
             if (r["eval_set"], r["protocol"], r["query_model"], r["gallery_model"], r["metric"]) == (
-                    eval_set, protocol, q, g, metric):
+                eval_set,
+                protocol,
+                q,
+                g,
+                metric,
+            ):
                 return r["value"]
         raise KeyError((eval_set, protocol, pair, metric))
 
     def to_frame(self):
         import pandas as pd
 
-        return pd.DataFrame(self.rows, columns=["eval_set", "protocol", "query_model", "gallery_model", "metric",
-                                                "value"])
+        return pd.DataFrame(
+            self.rows, columns=["eval_set", "protocol", "query_model", "gallery_model", "metric", "value"]
+        )
 
 
 @dataclass
@@ -113,9 +125,18 @@ class CompatibilityEvaluator:
         key = feature_key(encoder.identity, eval_set.name, part, self.variant, self.transform, paths, boxes)
         if self.cache is not None and (hit := self.cache.get(key)) is not None and hit.shape[0] == len(paths):
             return hit
-        feats = extract_features(encoder, paths, boxes, self.transform, batch_size=self.batch_size,
-                                 num_workers=self.num_workers, device=self.device, bf16=self.bf16,
-                                 progress=self.progress, desc=f"{eval_set.name}/{part}/{encoder.identity[:20]}")
+        feats = extract_features(
+            encoder,
+            paths,
+            boxes,
+            self.transform,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            device=self.device,
+            bf16=self.bf16,
+            progress=self.progress,
+            desc=f"{eval_set.name}/{part}/{encoder.identity[:20]}",
+        )
         if self.cache is not None:
             self.cache.put(key, feats)
         return feats
@@ -149,8 +170,16 @@ class CompatibilityEvaluator:
                 ranks = rank(q_feats[q], g_feats[g], topk=es.ranking_depth)
                 for protocol, values in es.score(ranks).items():
                     for metric, value in values.items():
-                        report.rows.append({"eval_set": es.name, "protocol": protocol, "query_model": q,
-                                            "gallery_model": g, "metric": metric, "value": float(value)})
+                        report.rows.append(
+                            {
+                                "eval_set": es.name,
+                                "protocol": protocol,
+                                "query_model": q,
+                                "gallery_model": g,
+                                "metric": metric,
+                                "value": float(value),
+                            }
+                        )
                 if (q, g) == ("old", "old"):
                     top1_old = es.top1_correct(ranks)
             if self.backfill.enabled and {"old", "new"} <= set(encoders):
@@ -170,8 +199,18 @@ class CompatibilityEvaluator:
         out = []
         for mode in self.backfill.modes:
             for name, seed, order in orders:
-                curves = backfill_curves(es, q_feats["new"], g_feats["old"], g_feats["new"], order,
-                                         order_name=name, order_seed=seed, fractions=fractions, mode=mode,
-                                         query_old=q_feats.get("old"), old_top1=top1_old)
+                curves = backfill_curves(
+                    es,
+                    q_feats["new"],
+                    g_feats["old"],
+                    g_feats["new"],
+                    order,
+                    order_name=name,
+                    order_seed=seed,
+                    fractions=fractions,
+                    mode=mode,
+                    query_old=q_feats.get("old"),
+                    old_top1=top1_old,
+                )
                 out.extend(c.to_dict() for c in curves)
         return out

@@ -133,7 +133,9 @@ class GLDv2EvalSet:
             if not sol:
                 raise EvaluationError(f"{self.name}: query {qi} has an empty solution (filter it out)")
             if min(sol) < 0 or max(sol) >= n_db:
-                raise EvaluationError(f"{self.name}: solution of query {qi} points outside the gallery [0, {n_db})")
+                raise EvaluationError(
+                    f"{self.name}: solution of query {qi} points outside the gallery [0, {n_db})"
+                )
         bad = sorted(set(self.usage) - set(GLDV2_PROTOCOLS))
         if bad:
             raise EvaluationError(f"{self.name}: unknown usage values {bad}")

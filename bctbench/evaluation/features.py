@@ -30,8 +30,15 @@ def _dist_info() -> tuple[int, int]:
     return 0, 1
 
 
-def feature_key(identity: str, eval_set: str, part: str, variant: str, transform: object,
-                paths: Sequence[str | Path], boxes: Sequence[object] | None) -> str:
+def feature_key(
+    identity: str,
+    eval_set: str,
+    part: str,
+    variant: str,
+    transform: object,
+    paths: Sequence[str | Path],
+    boxes: Sequence[object] | None,
+) -> str:
     """Stable 24-hex key of one feature array."""
     h = hashlib.sha256()
     h.update(json.dumps([identity, eval_set, part, variant, repr(transform)]).encode())
@@ -96,13 +103,16 @@ def extract_features(
         raise EvaluationError(f"{desc}: no images to embed")
     rank, world = _dist_info()
     shard = range(rank, n, world)
-    dataset = ImageListDataset([paths[i] for i in shard], boxes=[boxes[i] for i in shard] if boxes is not None
-                               else None, transform=transform)
+    dataset = ImageListDataset(
+        [paths[i] for i in shard],
+        boxes=[boxes[i] for i in shard] if boxes is not None else None,
+        transform=transform,
+    )
     loader = ImageLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     device = torch.device(device)
     was_training = encoder.training
     encoder.eval().to(device)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext())
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     chunks: list[np.ndarray] = []
     iterator = loader
     if progress and rank == 0:

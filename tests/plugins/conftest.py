@@ -29,8 +29,12 @@ class RandomImages(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         label = self.labels[i]
-        return {"images": self.images[i], "labels": label,
-                "old_labels": label if label < C_OLD else torch.tensor(-1), "index": torch.tensor(i)}
+        return {
+            "images": self.images[i],
+            "labels": label,
+            "old_labels": label if label < C_OLD else torch.tensor(-1),
+            "index": torch.tensor(i),
+        }
 
 
 def old_label_of_class() -> torch.Tensor:
@@ -50,8 +54,12 @@ class FakeArtifactStore:
         labels_old = torch.arange(40) % C_OLD
         self.data = {
             "old_classifier": {"weight": old.classifier_weight.detach().clone()},
-            "old_features_new": {"features": feats.half(), "labels": labels_new,
-                                 "old_labels": old_label_of_class()[labels_new], "num_classes": torch.tensor(C_NEW)},
+            "old_features_new": {
+                "features": feats.half(),
+                "labels": labels_new,
+                "old_labels": old_label_of_class()[labels_new],
+                "num_classes": torch.tensor(C_NEW),
+            },
             "class_means_new": {"means": means, "counts": counts, "old_label_of_class": old_label_of_class()},
             "advbct_meta": prototypes.advbct_class_meta(feats[:40], labels_old, C_OLD),
         }
@@ -76,11 +84,26 @@ def old_checkpoint(tmp_path_factory):
 @pytest.fixture
 def setup(old_checkpoint):
     path, sha = old_checkpoint
-    return MethodSetup(backbone_new=BACKBONE, backbone_old=BACKBONE, embed_dim=EMBED, num_classes_new=C_NEW,
-                       num_classes_old=C_OLD, old_checkpoint=str(path), old_checkpoint_sha256=sha,
-                       optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
-                                  "milestones": [], "gamma": 0.1, "warmup_epochs": 0},
-                       max_epochs=1, image_size=IMAGE)
+    return MethodSetup(
+        backbone_new=BACKBONE,
+        backbone_old=BACKBONE,
+        embed_dim=EMBED,
+        num_classes_new=C_NEW,
+        num_classes_old=C_OLD,
+        old_checkpoint=str(path),
+        old_checkpoint_sha256=sha,
+        optimizer={
+            "name": "sgd",
+            "lr": 0.05,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "milestones": [],
+            "gamma": 0.1,
+            "warmup_epochs": 0,
+        },
+        max_epochs=1,
+        image_size=IMAGE,
+    )
 
 
 @pytest.fixture

@@ -25,8 +25,15 @@ def _build(name, setup):
 
 
 def _trainer(tmp_path, steps=3):
-    return pl.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path))
+    return pl.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )
 
 
 def _old_state(model):
@@ -67,7 +74,9 @@ def test_training_steps_keep_old_model_bit_identical(name, setup, loader, tmp_pa
     for k in before:
         assert torch.equal(before[k], after[k]), f"old model changed: {k}"
     assert not model.old.training
-    assert any(not torch.equal(new_before[k], v) for k, v in model.new.state_dict().items()), "new model trained"
+    assert any(not torch.equal(new_before[k], v) for k, v in model.new.state_dict().items()), (
+        "new model trained"
+    )
     logged = trainer.logged_metrics
     assert "train/loss/cls_step" in logged or "train/loss/cls" in logged
 

@@ -1,0 +1,186 @@
+"""CLI behaviour: one-line errors with exit status 2, and a real end-to-end smoke run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bctbench.cli import main
+from bctbench.results import read_result, result_path
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_help_lists_subcommands(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for cmd in ("methods", "make-synthetic", "prepare-data", "train-old", "run", "leaderboard", "evaluate"):
+        assert cmd in out
+
+
+def test_methods_lists_papers(capsys):
+    code, out, _ = _run(capsys, "methods")
+    assert code == 0
+    assert "bct" in out and "independent" in out and "CVPR 2020" in out
+
+
+def test_unknown_method_is_one_line_error(capsys):
+    code, _, err = _run(capsys, "run", "--benchmark", "smoke", "--method", "nosuch", "--no-wandb")
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: unknown method 'nosuch'")
+    assert "bct" in lines[0] and "independent" in lines[0]
+
+
+def test_unknown_benchmark_is_one_line_error(capsys):
+    code, _, err = _run(capsys, "run", "--benchmark", "nosuch", "--method", "bct")
+    assert (
+        code == 2
+        and err.startswith("error: unknown benchmark 'nosuch'")
+        and len(err.strip().splitlines()) == 1
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("wieght=2", "unknown key for method 'bct'"),
+        ("epochs=3", "protocol key"),
+        ("image_size=32", "protocol key"),
+    ],
+)
+def test_bad_overrides_are_rejected_before_any_work(capsys, override, message, tmp_path):
+    code, _, err = _run(
+        capsys,
+        "run",
+        "--benchmark",
+        "smoke",
+        "--method",
+        "bct",
+        "--set",
+        override,
+        "--data-root",
+        str(tmp_path / "never"),
+    )
+    assert code == 2 and message in err
+    assert not (tmp_path / "never").exists(), "nothing is generated for a rejected command"
+
+
+def test_missing_old_checkpoint_is_a_clear_error(capsys, tmp_path):
+    code, _, err = _run(capsys, "train-old", "--benchmark", "smoke", "--checkpoint", str(tmp_path / "x.pt"))
+    assert code == 2 and "old-model checkpoint not found" in err
+
+
+def test_leaderboard_without_results_is_a_clear_error(capsys, tmp_path):
+    code, _, err = _run(capsys, "leaderboard", "--benchmark", "smoke", "--results-root", str(tmp_path))
+    assert code == 2 and err.startswith("error:")
+
+
+@pytest.fixture(scope="module")
+def smoke_roots(tmp_path_factory):
+    base = tmp_path_factory.mktemp("smoke")
+    return {
+        "--data-root": str(base / "data"),
+        "--cache-root": str(base / "cache"),
+        "--results-root": str(base / "results"),
+    }
+
+
+def _roots(roots):
+    return [x for kv in roots.items() for x in kv]
+
+
+def test_smoke_run_end_to_end(capsys, smoke_roots):
+    code, out, err = _run(
+        capsys,
+        "run",
+        "--benchmark",
+        "smoke",
+        "--method",
+        "independent",
+        "--no-wandb",
+        "--quiet",
+        *_roots(smoke_roots),
+    )
+    assert code == 0, err
+    assert "| independent" in out and "| old→old" in out  # the leaderboard is printed
+    result = read_result(result_path(smoke_roots["--results-root"], "smoke", "independent", 0))
+    assert result.benchmark_sha256 and result.old_checkpoint_sha256 and result.split_sha256
+    assert result.env.get("torch") and "git" in result.to_dict()
+    keys = {(r["eval_set"], r["protocol"], r["query_model"], r["gallery_model"]) for r in result.metrics}
+    for es, protocol in (
+        ("rsynth", "medium"),
+        ("rsynth", "easy"),
+        ("rsynth", "hard"),
+        ("gldv2synth", "private"),
+    ):
+        for pair in (("old", "old"), ("new", "old"), ("new", "new"), ("old", "new")):
+            assert (es, protocol, *pair) in keys
+    curve = result.curves["backfill"][0]
+    assert curve["fractions"][0] == 0.0 and curve["fractions"][-1] == 1.0 and len(curve["fractions"]) == 11
+    cross = result.value("rsynth", "medium", "new", "old", "mAP")
+    self_ = result.value("rsynth", "medium", "new", "new", "mAP")
+    rsynth_medium = [
+        c for c in result.curves["backfill"] if c["eval_set"] == "rsynth" and c["protocol"] == "medium"
+    ]
+    assert rsynth_medium[0]["values"][0] == pytest.approx(cross) and rsynth_medium[0]["values"][
+        -1
+    ] == pytest.approx(self_)
+
+
+def test_failed_run_leaves_earlier_results_intact(capsys, smoke_roots):
+    path = result_path(smoke_roots["--results-root"], "smoke", "independent", 0)
+    before = path.read_bytes()
+    code, _, err = _run(
+        capsys,
+        "run",
+        "--benchmark",
+        "smoke",
+        "--method",
+        "independent",
+        "--set",
+        "nope=1",
+        *_roots(smoke_roots),
+    )
+    assert code == 2 and path.read_bytes() == before
+    json.loads(before)
+
+
+def test_second_method_reuses_cached_old_model_and_leaderboard_renders(capsys, smoke_roots):
+    code, out, err = _run(
+        capsys,
+        "run",
+        "--benchmark",
+        "smoke",
+        "--method",
+        "bct",
+        "--no-wandb",
+        "--quiet",
+        *_roots(smoke_roots),
+    )
+    assert code == 0, err
+    a = read_result(result_path(smoke_roots["--results-root"], "smoke", "independent", 0))
+    b = read_result(result_path(smoke_roots["--results-root"], "smoke", "bct", 0))
+    assert a.old_checkpoint_sha256 == b.old_checkpoint_sha256
+    old_old = [r["value"] for r in a.metrics if (r["query_model"], r["gallery_model"]) == ("old", "old")]
+    assert old_old == [
+        r["value"] for r in b.metrics if (r["query_model"], r["gallery_model"]) == ("old", "old")
+    ]
+    code, out, _ = _run(
+        capsys,
+        "leaderboard",
+        "--benchmark",
+        "smoke",
+        "--results-root",
+        smoke_roots["--results-root"],
+        "--format",
+        "csv",
+    )
+    assert code == 0 and "bct" in out and "independent" in out
