@@ -6,7 +6,16 @@ Public API for method plugins (import only from here)::
 """
 
 from bctbench.errors import BCTBenchError, ConfigError, DataError, EvaluationError, UnknownMethodError
-from bctbench.method import Batch, CompatibilityMethod, Encoder, MethodSetup, ModelOutput, NonFiniteLossError
+from bctbench.evaluation.backfill import order_from_scores
+from bctbench.method import (
+    Batch,
+    CompatibilityMethod,
+    Encoder,
+    MethodSetup,
+    ModelOutput,
+    NonFiniteLossError,
+    build_optimizer,
+)
 from bctbench.registry import get_method, list_methods, register_method
 
 __version__ = "0.1.0"
@@ -24,8 +33,10 @@ __all__ = [
     "NonFiniteLossError",
     "UnknownMethodError",
     "__version__",
+    "build_optimizer",
     "get_method",
     "list_methods",
+    "order_from_scores",
     "register_method",
 ]
 

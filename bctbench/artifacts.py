@@ -120,7 +120,7 @@ class ArtifactStore:
             self.transform,
             batch_size=self.batch_size,
             num_workers=self.num_workers,
-            device=self.device,
+            device=None,  # the live new model stays on its own device
             desc="new features",
         )
         return {"features": torch.from_numpy(feats), "labels": images.labels.clone()}

@@ -88,14 +88,15 @@ def extract_features(
     *,
     batch_size: int = 128,
     num_workers: int = 0,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = "cpu",
     bf16: bool = False,
     progress: bool = False,
     desc: str = "features",
 ) -> np.ndarray:
     """Embed images with ``encoder`` (eval mode, no grad): returns ``float32[len(paths), D]``.
 
-    ``boxes[i]`` crops image i before the transform (revisited queries). Raises :class:`EvaluationError` if the
+    ``boxes[i]`` crops image i before the transform (revisited queries). ``device=None`` runs the encoder
+    where its parameters already are (no move). Raises :class:`EvaluationError` if the
     encoder returns the wrong shape or non-finite values.
     """
     n = len(paths)
@@ -109,9 +110,13 @@ def extract_features(
         transform=transform,
     )
     loader = ImageLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    device = torch.device(device)
+    if device is None:  # keep the encoder where it is (e.g. a model in the middle of training)
+        device = next(iter(encoder.parameters()), torch.empty(0)).device
+    else:
+        device = torch.device(device)
+        encoder.to(device)
     was_training = encoder.training
-    encoder.eval().to(device)
+    encoder.eval()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     chunks: list[np.ndarray] = []
     iterator = loader
