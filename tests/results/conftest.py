@@ -1,0 +1,18 @@
+"""Shared fixtures of the results / leaderboard / tracking tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from bct_results_fixtures import all_fixture_results
+
+from bctbench.results import write_result
+
+
+@pytest.fixture
+def results_root(tmp_path: Path) -> Path:
+    root = tmp_path / "results"
+    for res in all_fixture_results():
+        write_result(res, root)
+    return root
