@@ -170,3 +170,50 @@ class ArtifactStore:
         images = self._old_images()
         feats = self._old_features(images)
         return advbct_class_meta(feats, images.labels, images.num_classes)
+
+
+class RandomArtifactStore:
+    """Artefacts with the real shapes and the real shared math, from random unit features instead of an
+    old-model pass: for contract tests and step-time benchmarks, where no dataset is involved.
+
+    ``old_label_of_class``: ``int64[C_new]`` (−1 for classes the old model does not know); ``samples_per_class``
+    random features are drawn per new class (seeded).
+    """
+
+    def __init__(
+        self,
+        old: FrozenOldModel,
+        old_label_of_class: torch.Tensor,
+        *,
+        samples_per_class: int = 8,
+        seed: int = 1,
+    ) -> None:
+        from bctbench import prototypes
+
+        g = torch.Generator().manual_seed(seed)
+        c_new, c_old, d = len(old_label_of_class), old.num_classes, old.embed_dim
+        labels_new = torch.arange(c_new * samples_per_class) % c_new
+        feats = torch.nn.functional.normalize(torch.randn(len(labels_new), d, generator=g), dim=1)
+        means, counts = prototypes.class_means(feats, labels_new, c_new)
+        old_labels = old_label_of_class[labels_new]
+        known = old_labels >= 0
+        self.data = {
+            "old_classifier": {"weight": old.classifier_weight.detach().clone()},
+            "old_features_new": {
+                "features": feats.half(),
+                "labels": labels_new,
+                "old_labels": old_labels,
+                "num_classes": torch.tensor(c_new),
+            },
+            "class_means_new": {
+                "means": means,
+                "counts": counts,
+                "old_label_of_class": old_label_of_class.clone(),
+            },
+            "advbct_meta": prototypes.advbct_class_meta(feats[known], old_labels[known], c_old),
+        }
+
+    def get(self, kind: str) -> dict[str, torch.Tensor]:
+        if kind not in self.data:
+            raise BCTBenchError(f"unknown artefact kind '{kind}' (known: {', '.join(KINDS)})")
+        return self.data[kind]

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from bctbench.artifacts import RandomArtifactStore
 from bctbench.method import MethodSetup
 from bctbench.models import EmbeddingModel
 from bctbench.old_model import save_old_checkpoint
@@ -41,31 +42,11 @@ def old_label_of_class() -> torch.Tensor:
     return torch.tensor([c if c < C_OLD else -1 for c in range(C_NEW)])
 
 
-class FakeArtifactStore:
-    """Artefacts with the real shapes, computed with the real shared math from random unit features."""
+class FakeArtifactStore(RandomArtifactStore):
+    """Artefacts with the real shapes for the tiny fixture label spaces (no dataset involved)."""
 
     def __init__(self, old) -> None:
-        from bctbench import prototypes
-
-        g = torch.Generator().manual_seed(1)
-        labels_new = torch.arange(64) % C_NEW
-        feats = torch.nn.functional.normalize(torch.randn(64, EMBED, generator=g), dim=1)
-        means, counts = prototypes.class_means(feats, labels_new, C_NEW)
-        labels_old = torch.arange(40) % C_OLD
-        self.data = {
-            "old_classifier": {"weight": old.classifier_weight.detach().clone()},
-            "old_features_new": {
-                "features": feats.half(),
-                "labels": labels_new,
-                "old_labels": old_label_of_class()[labels_new],
-                "num_classes": torch.tensor(C_NEW),
-            },
-            "class_means_new": {"means": means, "counts": counts, "old_label_of_class": old_label_of_class()},
-            "advbct_meta": prototypes.advbct_class_meta(feats[:40], labels_old, C_OLD),
-        }
-
-    def get(self, kind: str) -> dict:
-        return self.data[kind]
+        super().__init__(old, old_label_of_class(), samples_per_class=8)
 
 
 @pytest.fixture(scope="session")
