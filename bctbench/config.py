@@ -91,6 +91,7 @@ class TrainingSpec:
     m_per_class: int = 4
     num_workers: int = 2
     drop_last: bool = True
+    cache_decoded_images: bool = False
 
 
 @dataclass(frozen=True)

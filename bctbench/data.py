@@ -148,6 +148,9 @@ class ImageListDataset(Dataset):
     image ``i`` before the transform. Without a transform, ``images`` is ``ToTensor()`` of the image
     (float in [0, 1]).
 
+    ``cache_decoded=True`` keeps each decoded RGB image in memory (per process; use with persistent
+    DataLoader workers) so later epochs only augment: for small datasets such as the embedded synthetic one.
+
     ``skip_corrupt=False``: an undecodable image raises ``DataError`` naming the file. ``skip_corrupt=True``:
     it is replaced by the next decodable item (wrapping around; labels/index follow the replacement), a
     warning is logged, and the file is recorded: :attr:`skipped` counts distinct bad files, also across
@@ -169,6 +172,7 @@ class ImageListDataset(Dataset):
         old_labels: Sequence[int] | np.ndarray | None = None,
         indices: Sequence[int] | np.ndarray | None = None,
         skip_corrupt: bool = False,
+        cache_decoded: bool = False,
     ) -> None:
         self.paths = PackedStrings(paths)
         n = len(self.paths)
@@ -180,6 +184,8 @@ class ImageListDataset(Dataset):
         self.boxes = None if boxes is None else list(boxes)
         self.transform = transform if transform is not None else T.ToTensor()
         self.skip_corrupt = skip_corrupt
+        # decoded RGB images kept per process (small datasets: decode once, augment every epoch)
+        self._decoded: dict[int, Image.Image] | None = {} if cache_decoded else None
         self.defer_errors = False
         # one flag per item, in shared memory so that worker processes' findings reach the main process
         self._bad = torch.zeros(n, dtype=torch.bool).share_memory_() if skip_corrupt else None
@@ -200,8 +206,12 @@ class ImageListDataset(Dataset):
         return [self.paths[i] for i in torch.nonzero(self._bad).flatten().tolist()]
 
     def _load(self, i: int) -> dict[str, Any]:
-        box = None if self.boxes is None else self.boxes[i]
-        image = self.transform(load_rgb(self.paths[i], box))
+        rgb = self._decoded.get(i) if self._decoded is not None else None
+        if rgb is None:
+            rgb = load_rgb(self.paths[i], None if self.boxes is None else self.boxes[i])
+            if self._decoded is not None:
+                self._decoded[i] = rgb
+        image = self.transform(rgb)
         return {
             "images": image,
             "labels": torch.tensor(self.labels[i], dtype=torch.int64),

@@ -148,6 +148,7 @@ def build_datamodule(ctx: RunContext, stage: str, runtime: Runtime, seed: int):
         drop_last=t.drop_last,
         augmentation=t.augmentation,
         resize=t.resize,
+        cache_decoded=t.cache_decoded_images,
     )
 
 

@@ -572,6 +572,7 @@ class GLDv2DataModule(L.LightningDataModule):
         splits_dir: str | os.PathLike | None = None,
         augmentation: str = "rrc_flip",
         resize: str = "squash",
+        cache_decoded: bool = False,
     ) -> None:
         super().__init__()
         if augmentation not in ("rrc_flip", "none"):
@@ -604,6 +605,7 @@ class GLDv2DataModule(L.LightningDataModule):
         self.splits_dir = splits_dir
         self.augmentation = augmentation
         self.resize = resize
+        self.cache_decoded = cache_decoded
         self.split: pd.DataFrame | None = None  # standard schema + path, after setup()
         self.train_dataset: ImageListDataset | None = None
 
@@ -707,6 +709,7 @@ class GLDv2DataModule(L.LightningDataModule):
             old_labels=items.old_labels,
             indices=items.index,
             skip_corrupt=self.skip_corrupt,
+            cache_decoded=self.cache_decoded,
         )
         common: dict[str, Any] = {
             "batch_size": self.batch_size,

@@ -224,3 +224,15 @@ def test_packed_strings():
     assert packed[1:3] == items[1:3]
     with pytest.raises(IndexError):
         packed[4]
+
+
+def test_cache_decoded_decodes_each_file_once(files):
+    paths, _ = files
+    ds = ImageListDataset(paths, cache_decoded=True)
+    first = ds[0]["images"]
+    paths[0].unlink()  # a second read would fail if the decoded image were not kept
+    assert torch.equal(ds[0]["images"], first)
+    plain = ImageListDataset(paths[1:])
+    paths[1].unlink()
+    with pytest.raises(DataError):
+        plain[0]
