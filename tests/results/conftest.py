@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from bct_results_fixtures import all_fixture_results
 
 from bctbench.results import write_result
+from tests.results.bct_results_fixtures import all_fixture_results
 
 
 @pytest.fixture

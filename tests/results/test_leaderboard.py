@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from bct_results_fixtures import BENCH
 
 from bctbench.errors import BCTBenchError, ConfigError
 from bctbench.leaderboard import (
@@ -21,6 +20,7 @@ from bctbench.leaderboard import (
     to_latex,
     to_markdown,
 )
+from tests.results.bct_results_fixtures import BENCH
 
 GOLDEN = Path(__file__).with_name("golden_leaderboard.md")
 

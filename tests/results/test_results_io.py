@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import pytest
-from bct_results_fixtures import BENCH, all_fixture_results, make_result
 
 import bctbench.results as results
 from bctbench.errors import BCTBenchError
@@ -20,6 +19,7 @@ from bctbench.results import (
     result_path,
     write_result,
 )
+from tests.results.bct_results_fixtures import BENCH, all_fixture_results, make_result
 
 
 def test_round_trip(tmp_path: Path) -> None:

@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
-from bct_results_fixtures import BENCH, make_result
 
 from bctbench import tracking
 from bctbench.results import write_result
 from bctbench.tracking import log_run_result, make_wandb_logger, summary_from_result, wandb_mode
+from tests.results.bct_results_fixtures import BENCH, make_result
 
 KEY = "test/rsynth/medium/new-old/mAP"
 
