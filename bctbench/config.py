@@ -74,6 +74,7 @@ class OptimizerSpec:
     milestones: tuple[int, ...] = (5, 10, 20)
     gamma: float = 0.1
     warmup_epochs: int = 0
+    schedule: str = "multistep"  # multistep (milestones, gamma) | cosine (per epoch, to 0 at the last epoch)
 
 
 @dataclass(frozen=True)
@@ -230,6 +231,9 @@ def validate_spec(spec: BenchmarkSpec, where: str) -> None:
         t.sampler in (None, "class_balanced"), f"{where}: training.sampler", "must be null|class_balanced"
     )
     _require(t.optimizer.name in ("sgd", "adamw"), f"{where}: training.optimizer.name", "must be sgd|adamw")
+    _require(
+        t.optimizer.schedule in ("multistep", "cosine"), f"{where}: training.optimizer.schedule", "multistep|cosine"
+    )
     for i, es in enumerate(e.eval_sets):
         _require(
             es.kind in EVAL_KINDS,

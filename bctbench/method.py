@@ -115,7 +115,8 @@ def module_digest(module: nn.Module) -> str:
 
 def build_optimizer(params: Iterable[Any], spec: Mapping[str, Any], max_epochs: int):
     """Optimiser + per-epoch schedule from a recipe dict (``name``, ``lr``, ``momentum``, ``weight_decay``,
-    ``milestones``, ``gamma``, ``warmup_epochs``). Returns Lightning's ``configure_optimizers`` dict."""
+    ``schedule`` = ``multistep`` (``milestones``, ``gamma``) or ``cosine``, ``warmup_epochs`` of linear
+    warm-up). Returns Lightning's ``configure_optimizers`` dict."""
     name = spec.get("name", "sgd")
     if name == "sgd":
         opt = torch.optim.SGD(
@@ -132,8 +133,15 @@ def build_optimizer(params: Iterable[Any], spec: Mapping[str, Any], max_epochs: 
     gamma = float(spec.get("gamma", 0.1))
     warmup = int(spec.get("warmup_epochs", 0))
 
+    schedule = spec.get("schedule", "multistep")
+    if schedule not in ("multistep", "cosine"):
+        raise ConfigError(f"optimizer.schedule: unknown schedule '{schedule}'")
+
     def factor(epoch: int) -> float:
-        decay = gamma ** sum(epoch >= m for m in milestones)
+        if schedule == "cosine":
+            decay = 0.5 * (1.0 + math.cos(math.pi * epoch / max(1, max_epochs)))
+        else:
+            decay = gamma ** sum(epoch >= m for m in milestones)
         return decay * (min(1.0, (epoch + 1) / (warmup + 1)) if warmup else 1.0)
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
