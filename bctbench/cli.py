@@ -216,13 +216,9 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
     from bctbench.leaderboard import render
     from bctbench.paths import resolve_results_root
 
-    text = render(
-        resolve_results_root(args.results_root),
-        args.benchmark,
-        fmt=args.format,
-        out=args.out,
-        plots_dir=args.plots,
-    )
+    root = resolve_results_root(args.results_root)
+    plots = args.plots if args.plots is not None else root / args.benchmark / "plots"
+    text = render(root, args.benchmark, fmt=args.format, out=args.out, plots_dir=plots)
     if args.out is None:
         print(text)
     else:
