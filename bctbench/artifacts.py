@@ -113,6 +113,12 @@ class ArtifactStore:
         for :class:`~bctbench.method.Encoder`) and ``labels int64[N]``, rows in the order of
         ``old_features_new``. Under DDP the pass is sharded across processes and gathered."""
         images = self._new_images()
+        # device=None: the live new model stays on its own device
+        feats = self._embed(encoder, images, device=None, desc="new features")
+        return {"features": feats, "labels": images.labels.clone()}
+
+    def _embed(self, encoder, images: TrainingImages, *, device, desc: str) -> torch.Tensor:
+        """``float32[N, D]`` features of ``images`` (test transform, eval mode)."""
         feats = extract_features(
             encoder,
             list(images.paths),
@@ -120,26 +126,16 @@ class ArtifactStore:
             self.transform,
             batch_size=self.batch_size,
             num_workers=self.num_workers,
-            device=None,  # the live new model stays on its own device
-            desc="new features",
+            device=device,
+            desc=desc,
         )
-        return {"features": torch.from_numpy(feats), "labels": images.labels.clone()}
+        return torch.from_numpy(feats)
 
     def _old_features(self, images: TrainingImages) -> torch.Tensor:
         from bctbench.method import Encoder
 
         encoder = Encoder(self.old.model.embedder, f"old:{self.old.sha256}")
-        feats = extract_features(
-            encoder,
-            list(images.paths),
-            None,
-            self.transform,
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            device=self.device,
-            desc="old features",
-        )
-        return torch.from_numpy(feats)
+        return self._embed(encoder, images, device=self.device, desc="old features")
 
     def _compute_old_classifier(self) -> dict[str, torch.Tensor]:
         return {"weight": self.old.classifier_weight.detach().cpu().clone()}
