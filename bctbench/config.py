@@ -232,7 +232,9 @@ def validate_spec(spec: BenchmarkSpec, where: str) -> None:
     )
     _require(t.optimizer.name in ("sgd", "adamw"), f"{where}: training.optimizer.name", "must be sgd|adamw")
     _require(
-        t.optimizer.schedule in ("multistep", "cosine"), f"{where}: training.optimizer.schedule", "multistep|cosine"
+        t.optimizer.schedule in ("multistep", "cosine"),
+        f"{where}: training.optimizer.schedule",
+        "multistep|cosine",
     )
     for i, es in enumerate(e.eval_sets):
         _require(

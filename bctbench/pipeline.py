@@ -103,7 +103,9 @@ class RunContext:
                 s.models.embed_dim,
                 s.models.neck,
                 s.models.pretrained_weights,
-                {k: v for k, v in dataclasses.asdict(s.training).items() if k != "epochs"},  # new-model epochs
+                {
+                    k: v for k, v in dataclasses.asdict(s.training).items() if k != "epochs"
+                },  # new-model epochs
                 dataclasses.asdict(s.old_model),
             ],
             sort_keys=True,

@@ -576,7 +576,9 @@ class GLDv2DataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if augmentation not in ("rrc_flip", "none"):
-            raise ConfigError(f"GLDv2DataModule: augmentation must be 'rrc_flip' or 'none', got {augmentation!r}")
+            raise ConfigError(
+                f"GLDv2DataModule: augmentation must be 'rrc_flip' or 'none', got {augmentation!r}"
+            )
         if stage not in ("old", "new"):
             raise ConfigError(f"GLDv2DataModule: stage must be 'old' or 'new', got {stage!r}")
         if sampler not in (None, "class_balanced"):
