@@ -130,6 +130,18 @@ def ensure_dataset(ctx: RunContext) -> None:
         )
 
 
+def dataset_fingerprint(ctx: RunContext) -> str | None:
+    """sha256 that identifies the dataset's bytes: the synthetic manifest's tree sha256 (None for real data,
+    whose split lock sha256 is recorded separately)."""
+    if ctx.spec.data.dataset != "synthetic":
+        return None
+    manifest = ctx.data_root / Path(ctx.spec.data.root).parts[0] / "manifest.json"
+    try:
+        return json.loads(manifest.read_text())["tree_sha256"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def build_datamodule(ctx: RunContext, stage: str, runtime: Runtime, seed: int):
     from datamodules.gldv2 import GLDv2DataModule
 
@@ -437,6 +449,7 @@ def run(
 
     t0 = time.time()
     ensure_dataset(ctx)
+    dataset_sha256 = dataset_fingerprint(ctx)
     _cpu_threads(ctx, runtime)
     old_ref = ensure_old_model(ctx, runtime)
     timings["old_model"] = time.time() - t0
@@ -510,6 +523,11 @@ def run(
     orders = model.backfill_orders() if hasattr(model, "backfill_orders") else None
     report = evaluator.evaluate(model.encoders(), backfill_orders=orders)
     timings["evaluate"] = time.time() - t0
+    if dataset_fingerprint(ctx) != dataset_sha256:
+        raise BCTBenchError(
+            f"dataset under {ctx.data_root} was regenerated while this run used it (tree sha256 "
+            f"{dataset_sha256} -> {dataset_fingerprint(ctx)}); result not written, run again"
+        )
 
     prov = collect_provenance()
     result = RunResult(
@@ -527,6 +545,7 @@ def run(
         git=prov.get("git", {}),
         env=prov.get("env", {}),
         eval_variants={
+            "dataset_sha256": dataset_sha256,
             "query_crop": spec.evaluation.query_crop,
             "image_size": spec.training.image_size,
             "resize": spec.training.resize,

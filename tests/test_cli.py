@@ -114,6 +114,7 @@ def test_smoke_run_end_to_end(capsys, smoke_roots):
     result = read_result(result_path(smoke_roots["--results-root"], "smoke", "independent", 0))
     assert result.benchmark_sha256 and result.old_checkpoint_sha256 and result.split_sha256
     assert result.env.get("torch") and "git" in result.to_dict()
+    assert len(result.eval_variants["dataset_sha256"]) == 64
     keys = {(r["eval_set"], r["protocol"], r["query_model"], r["gallery_model"]) for r in result.metrics}
     for es, protocol in (
         ("rsynth", "medium"),
@@ -184,3 +185,26 @@ def test_second_method_reuses_cached_old_model_and_leaderboard_renders(capsys, s
         "csv",
     )
     assert code == 0 and "bct" in out and "independent" in out
+
+
+def test_dataset_regenerated_during_a_run_is_an_error(capsys, smoke_roots, monkeypatch):
+    from bctbench import pipeline
+
+    real = pipeline.dataset_fingerprint
+    calls = iter(range(100))
+    monkeypatch.setattr(pipeline, "dataset_fingerprint", lambda ctx: f"{real(ctx)}-{next(calls)}")
+    code, _, err = _run(
+        capsys,
+        "run",
+        "--benchmark",
+        "smoke",
+        "--method",
+        "independent",
+        "--seed",
+        "7",
+        "--no-wandb",
+        "--quiet",
+        *_roots(smoke_roots),
+    )
+    assert code == 2 and "regenerated while this run used it" in err
+    assert not result_path(smoke_roots["--results-root"], "smoke", "independent", 7).exists()
