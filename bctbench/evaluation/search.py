@@ -246,6 +246,14 @@ def _merge(run: tuple[torch.Tensor, torch.Tensor] | None, v: torch.Tensor, i: to
     return v2, torch.gather(ii, 1, pos)
 
 
+def _flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
+    """int64 flat indices of the True entries of a contiguous bool tensor, ascending. On CPU through NumPy's
+    ``flatnonzero``, 3-6x faster than ``torch.nonzero`` for the sparse masks of the selection."""
+    if mask.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(mask.numpy()))
+    return torch.nonzero(mask.reshape(-1)).squeeze(1)
+
+
 def _chunk_topk(sim: torch.Tensor, g0: int, kp: int, run):
     """Exact top-``kp`` of (running candidates ∪ this chunk); ``sim`` = contiguous float32 ``[rows, chunk]``
     scores, chunk columns are gallery ids ``g0 + j``.
@@ -274,13 +282,14 @@ def _chunk_topk(sim: torch.Tensor, g0: int, kp: int, run):
         if coarse.shape[1] < 2 * kk:
             coarse = gmax
         tau = torch.topk(coarse, kk, dim=1, sorted=False).values.amin(dim=1)
-    r, c = torch.nonzero(gmax >= tau[:, None], as_tuple=True)  # kept groups, row-major order
+    kept_groups = _flat_nonzero(gmax >= tau[:, None])  # row-major order
+    r, c = kept_groups // n_groups, kept_groups % n_groups
     if 2 * r.numel() > rows * n_groups:  # pruning would not pay off
         v, i = torch.topk(sim, kk, dim=1, sorted=False)
         return _merge(run, v, i.add_(g0), kp)
     # the members of the kept groups, [n_kept, G]; survivors >= tau as a row-sorted ragged list
     v = torch.take(sim, (r * n + c)[:, None] + torch.arange(_GROUP, device=dev) * n_groups)
-    sel = torch.nonzero((v >= tau[r][:, None]).view(-1)).squeeze(1)
+    sel = _flat_nonzero(v >= tau[r][:, None])
     v = v.view(-1)[sel]
     kept = sel // _GROUP
     rr = r[kept]
@@ -289,11 +298,13 @@ def _chunk_topk(sim: torch.Tensor, g0: int, kp: int, run):
     # entries (the maxima of its >= kk kept groups), so padding is never selected
     counts = torch.bincount(rr, minlength=rows)
     m = int(counts.max()) if rr.numel() else 0
-    vals = torch.full((rows, m), float("-inf"), device=dev)
-    ids = torch.full((rows, m), -1, dtype=torch.int64, device=dev)
-    pos = torch.arange(rr.numel(), device=dev) - (torch.cumsum(counts, 0) - counts)[rr]
-    vals[rr, pos] = v
-    ids[rr, pos] = cc
+    vals = torch.full((rows * m,), float("-inf"), device=dev)
+    ids = torch.full((rows * m,), -1, dtype=torch.int64, device=dev)
+    # flat slot = row * m + (index of the entry within its row); 1-D index_put is the cheap one
+    flat = torch.arange(rr.numel(), device=dev) + (rr * m - (torch.cumsum(counts, 0) - counts)[rr])
+    vals[flat] = v
+    ids[flat] = cc
+    vals, ids = vals.view(rows, m), ids.view(rows, m)
     if n > n_groups * _GROUP:  # tail columns outside the groups: all candidates
         vals = torch.cat([vals, sim[:, n_groups * _GROUP :]], dim=1)
         tail = torch.arange(n_groups * _GROUP, n, device=dev) + g0

@@ -215,6 +215,27 @@ def test_revisited_chunking_is_invisible(monkeypatch):
     np.testing.assert_array_equal(M.revisited_top1_correct(ranks, gnd), brute_top1(ranks, gnd))
 
 
+@pytest.mark.parametrize("per_row", [True, False])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_scan_paths_and_threads_are_invisible(monkeypatch, per_row, threads):
+    # both gather paths (per query / one call per chunk), several chunks scanned by several threads, with
+    # ids beyond every gnd id and negative padding (clip-mode gathers must verify hits against the id)
+    rng = np.random.default_rng(11)
+    ranks, gnd = random_case(rng, nq=17, n_db=60, k=40, overlap=True, duplicates=True)
+    ranks = ranks.copy()
+    ranks[:, ::7] = -1
+    ranks[::3, 5] = 10_000
+    monkeypatch.setattr(M, "_PER_ROW_TAKE", 1 if per_row else 10**9)
+    monkeypatch.setattr(M, "_THREADED_ENTRIES", 1)
+    monkeypatch.setattr(M, "_CHUNK_BYTES", 1000)  # a few queries per chunk
+    got = M.revisited_map(ranks, gnd, threads=threads)
+    ref = brute_revisited(ranks, gnd, (1, 5, 10))
+    assert abs(got[0] - ref[0]) <= 1e-12
+    np.testing.assert_allclose(got[1], ref[1], atol=1e-12, rtol=0)
+    np.testing.assert_allclose(got[3], ref[3], atol=1e-12, rtol=0)
+    np.testing.assert_array_equal(M.revisited_top1_correct(ranks, gnd), brute_top1(ranks, gnd))
+
+
 def test_out_of_table_and_negative_indices_never_match():
     # gallery ids beyond every gnd id and negative padding behave like non-relevant items (np.isin semantics)
     ranks = np.array([[900, -1, 3, -2, 1, 5000]])
