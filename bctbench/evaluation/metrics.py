@@ -222,7 +222,11 @@ def _exclusive_row_cumsum(row: np.ndarray, mask: np.ndarray, n_rows: int) -> np.
 
 
 def revisited_map(
-    ranks: np.ndarray, gnd: Sequence[Mapping], kappas: Sequence[int] = (1, 5, 10), *, threads: int | None = None
+    ranks: np.ndarray,
+    gnd: Sequence[Mapping],
+    kappas: Sequence[int] = (1, 5, 10),
+    *,
+    threads: int | None = None,
 ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
     """Revisited mAP, per-query AP and mP@k, exactly as revisitop ``compute_map`` (``evaluation.md`` §3.3).
 
