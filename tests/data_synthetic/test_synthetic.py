@@ -24,6 +24,7 @@ from datamodules.synthetic import (
     GENERATOR_VERSION,
     SyntheticConfig,
     _make_plan,
+    _query_box,
     ensure_synthetic,
     gldv2_root,
     make_synthetic,
@@ -250,6 +251,21 @@ def test_revisited_format(tiny):
     # distractors: database images that are no query's positive or junk
     used = {i for g in gnd["gnd"] for k in ("easy", "hard", "junk") for i in g[k]}
     assert len(used) < n_db
+
+
+def test_query_box_adds_context_and_stays_in_the_image():
+    cfg = SyntheticConfig(image_size=72, query_box_context=0.25)
+    # 20 x 40 box in the middle: widened by 5 / 10 px on each side
+    assert _query_box([26.0, 16.0, 46.0, 56.0], cfg) == [21.0, 6.0, 51.0, 66.0]
+    # near the border: clipped to the image
+    assert _query_box([2.0, 30.0, 70.0, 71.0], cfg) == [0.0, 19.8, 72.0, 72.0]
+    assert _query_box(None, cfg) == [0.0, 0.0, 72.0, 72.0]
+    assert _query_box([10.0, 10.0, 20.0, 20.0], SyntheticConfig(query_box_context=0.0)) == [
+        10.0,
+        10.0,
+        20.0,
+        20.0,
+    ]
 
 
 def test_class_size_buckets(tiny):
