@@ -279,12 +279,13 @@ def test_class_size_buckets(tiny):
 
 
 def test_default_config_sizes_from_plan():
-    plan = _make_plan(0, SyntheticConfig())  # the plan only; no image is drawn
+    cfg = SyntheticConfig()
+    plan = _make_plan(0, cfg)  # the plan only; no image is drawn
     sizes = [len(ids) for _, ids in plan.train_rows]
-    assert len(sizes) >= 320
+    assert len(sizes) == cfg.train_classes == 720
     assert 5000 <= sum(sizes) <= 7000
-    assert {1, 2, 3} <= set(sizes) and sum(s >= 4 for s in sizes) >= 300
-    assert max(sizes) >= 40  # long tail
+    assert {1, 2, 3} <= set(sizes) and sum(s >= 4 for s in sizes) >= 600
+    assert max(sizes) >= 3 * cfg.train_median  # long tail
     assert len(plan.rev_queries) == 70 and 1000 <= len(plan.rev_db) <= 1500
     assert 1000 <= len(plan.index_ids) <= 2000
     assert sum(1 for r in plan.test_rows if r[1] != "None") == 200
