@@ -435,12 +435,16 @@ def _exact_order(qn, g, approx, cand, k, eps):
     member[:, 1:] |= near
     if not member.any():
         return cand_w[:, :k]
+    # only cluster members move: a cluster occupies consecutive columns of its row, so sorting the members by
+    # (row, cluster, -canonical score, gallery id) and writing them back into the member cells in row-major
+    # order re-sorts every cluster in place (the members are a few % of the candidates)
     r, c = np.nonzero(member)
-    neg = np.zeros((b, width))
-    neg[r, c] = -_canonical_scores(qn, g, r, cand_w[r, c])
-    key = cid + (np.arange(b, dtype=np.int64) * (width + 1))[:, None]
-    order = np.lexsort((cand_w.ravel(), neg.ravel(), key.ravel()))
-    return cand_w.ravel()[order].reshape(b, width)[:, :k]
+    items = cand_w[r, c]
+    neg = -_canonical_scores(qn, g, r, items)
+    order = np.lexsort((items, neg, cid[r, c], r))
+    out = cand_w.copy()
+    out[r, c] = items[order]
+    return out[:, :k]
 
 
 def _redo_exact(q, g, qn, rows, thresholds, k, eps, cg, dev):

@@ -100,7 +100,7 @@ def main() -> None:
     p.add_argument("--benchmark", default="synth_class30to100")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--num-classes", type=int, default=320, help="new classes (old: 30%%)")
+    p.add_argument("--num-classes", type=int, default=720, help="new classes (old: 30%%)")
     p.add_argument("--methods", nargs="+", default=None)
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()

@@ -69,6 +69,16 @@ def test_rank_equals_stable_brute_force(backend, k):
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("k", [5, 50, None])
+def test_many_tie_clusters_per_row_equal_brute_force(k):
+    # ternary 6-d features: a few dozen distinct scores, so every ranking is a chain of large tie clusters
+    rng = np.random.default_rng(5)
+    q = rng.integers(-1, 2, (30, 6)).astype(np.float32)
+    g = rng.integers(-1, 2, (500, 6)).astype(np.float32)
+    g[::7] += np.float32(1e-7) * rng.standard_normal((72, 6)).astype(np.float32)  # near-ties as well
+    np.testing.assert_array_equal(rank(q, g, topk=k, **CPU), brute_rank(q, g, k))
+
+
 def test_ties_go_to_the_lower_index():
     q, g = tied_case()
     r = rank(q, g, topk=21, **CPU)
