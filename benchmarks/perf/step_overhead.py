@@ -102,11 +102,15 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--num-classes", type=int, default=720, help="new classes (old: 30%%)")
     p.add_argument("--methods", nargs="+", default=None)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: as `bctbench run` trains on CPU, cores minus the spec's loader workers)",
+    )
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     spec = load_benchmark(args.benchmark)
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) - spec.training.num_workers))
     b, s, d = spec.training.batch_size, spec.training.image_size, spec.models.embed_dim
     c_new = args.num_classes
     c_old = int(c_new * spec.data.ratio)
