@@ -37,6 +37,7 @@ __all__ = [
     "elastic_radius",
     "elastic_p2s_loss",
     "adversarial_discriminator_loss",
+    "prototype_ce_loss",
 ]
 
 MASK_VALUE = 1e9
@@ -540,3 +541,32 @@ def adversarial_discriminator_loss(
     ones = torch.ones(out_old.shape[0], dtype=torch.long, device=out_old.device)
     dt = _dt(out_new)
     return F.nll_loss(out_new.to(dt), zeros) + F.nll_loss(out_old.to(dt), ones)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# §10–11 prototype CE (NDPP / ODPP)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def prototype_ce_loss(embedding_n: Tensor, prototypes_n: Tensor, targets: Tensor, *, scale: float) -> Tensor:
+    """Normalised-softmax prototype CE L_pp = CE(s·P̃ f̂, y) (§10.1 [reconstruction]); no margin.
+
+    Logits and CE are computed in float32 (float64 for float64 inputs) with autocast off (s = 30, §14).
+
+    Args:
+        embedding_n: ``Tensor[B, d]`` L2-normalised features f̂ (not re-normalised here).
+        prototypes_n: ``Tensor[P, d]`` unit prototypes (the columns of the softmax; detached by the caller
+            if they are a frozen buffer).
+        targets: ``int64[B]`` column of each sample's class in ``prototypes_n``; a negative target excludes the
+            sample (mean over the remaining samples; a graph-connected 0 when none remain).
+        scale: s.
+
+    Returns:
+        scalar loss.
+    """
+    with _fp32(embedding_n):
+        dt = _dt(embedding_n)
+        logits = scale * (embedding_n.to(dt) @ prototypes_n.to(dt).T)
+        targets = targets.long()
+        per_sample = F.cross_entropy(logits, targets.clamp(min=0), reduction="none")
+        return _masked_mean(per_sample, targets >= 0)

@@ -1,7 +1,11 @@
 """Class prototypes and old-model artefacts: class means, 1.5-IQR statistics, UniBCT refinement, kNN graph, EMA bank.
 
+NDPP/ODPP prototype perturbation (§10–11): bounds, gains, the neighbour-driven step, the ODPP objective and its
+projected Adam solver.
+
 All functions are vectorised across samples and classes (sorting + per-class offsets, ``index_add``, batched
-solves); there is no Python loop over classes except over the few classes that exceed the UniBCT subset cap.
+solves); there is no Python loop over classes except over the few classes that exceed the UniBCT subset cap
+(the kNN graph and the NDPP/ODPP functions loop over fixed-size blocks of classes only, to bound memory).
 Features are rows: ``Tensor[N, d]``; labels are ``int64[N]`` in ``0..C-1``; per-class buffers are dense ``[C]``
 or ``[C, d]``.
 """
@@ -25,6 +29,20 @@ __all__ = [
     "refine_prototypes",
     "knn_graph",
     "EMAPrototypeBank",
+    "DEGENERATE_EPS",
+    "class_radii",
+    "perturbation_bounds",
+    "PerturbationInputs",
+    "perturbation_inputs",
+    "neighbour_gains",
+    "project_to_balls",
+    "pseudo_prototypes",
+    "ndpp_perturbation",
+    "perturbation_stats",
+    "odpp_objective_and_grad",
+    "odpp_objective",
+    "ODPPSolution",
+    "solve_odpp",
 ]
 
 _NORM_EPS = 1e-12
@@ -311,13 +329,17 @@ def refine_prototypes(
 
 
 @torch.no_grad()
-def knn_graph(prototypes: Tensor, k: int, *, chunk_size: int = 1024) -> tuple[Tensor, Tensor]:
+def knn_graph(
+    prototypes: Tensor, k: int, *, chunk_size: int = 1024, mask: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Exact cosine k-nearest-neighbour graph of prototypes, self excluded (prepares §10–11 [reconstruction]).
 
     Args:
         prototypes: ``Tensor[C, d]`` (normalised here; zero rows give similarity 0 to everything).
-        k: neighbours per class, clamped to C − 1.
+        k: neighbours per class, clamped to C − 1 (to M − 1 with a mask of M candidates).
         chunk_size: query rows per matmul (memory bound ``chunk_size × C``).
+        mask: optional ``bool[C]`` of candidate neighbours (e.g. classes with samples); other classes are never
+            chosen as neighbours (their own rows still get neighbours among the candidates).
 
     Returns:
         ``(indices, sims)``: ``int64[C, k]`` neighbour ids sorted by decreasing cosine and ``float32[C, k]``
@@ -327,7 +349,12 @@ def knn_graph(prototypes: Tensor, k: int, *, chunk_size: int = 1024) -> tuple[Te
     if prototypes.dim() != 2:
         raise ValueError("prototypes must be [C, d]")
     num = prototypes.shape[0]
-    k = max(0, min(int(k), num - 1))
+    if mask is not None:
+        if mask.shape != (num,):
+            raise ValueError(f"mask must be [C] = [{num}], got {tuple(mask.shape)}")
+        mask = mask.to(prototypes.device, torch.bool)
+    candidates = num if mask is None else int(mask.sum())
+    k = max(0, min(int(k), candidates - 1))
     p = F.normalize(prototypes.float(), dim=1, eps=_NORM_EPS)
     idx_out = torch.empty(num, k, dtype=torch.long, device=p.device)
     sim_out = torch.empty(num, k, dtype=torch.float32, device=p.device)
@@ -339,6 +366,8 @@ def knn_graph(prototypes: Tensor, k: int, *, chunk_size: int = 1024) -> tuple[Te
             s = q @ p.T
         rows = torch.arange(q.shape[0], device=p.device)
         s[rows, rows + start] = float("-inf")
+        if mask is not None:
+            s.masked_fill_(~mask.unsqueeze(0), float("-inf"))
         top = torch.topk(s, k, dim=1)
         idx_out[start : start + q.shape[0]] = top.indices
         sim_out[start : start + q.shape[0]] = top.values
@@ -415,3 +444,395 @@ class EMAPrototypeBank(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, dim={self.dim}, momentum={self.momentum}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prototype perturbation: NDPP / ODPP (methods.md §10–11, whole design [reconstruction])
+# ---------------------------------------------------------------------------------------------------------------
+#
+# Shapes: C classes, d dimensions, K neighbours per class. ``neighbors`` int64[C, K] is the fixed old kNN graph
+# N_k; per-edge tensors (similarities, gains) are [C, K] with row k, column j ↔ edge (k, neighbors[k, j]).
+# Everything runs in float32 (float64 when the perturbation is float64, for tests) with autocast off, chunked
+# over classes so that the [chunk, K, d] neighbour gathers stay bounded (C·K·d floats is 0.8 GB for GLDv2).
+
+DEGENERATE_EPS = 1e-6
+"""Tangent directions u_kj with a norm below this are skipped (p^o_j = ±p^o_k, duplicate prototypes, §10.1)."""
+
+_CHUNK = 8192
+
+
+def _work_dtype(t: Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _edge_dots(a: Tensor, b: Tensor, neighbors: Tensor, chunk_size: int) -> Tensor:
+    """``[C, K]`` inner products ⟨a_k, b_{neighbors[k, j]}⟩, chunked over rows (deterministic, no atomics)."""
+    out = a.new_empty(neighbors.shape)
+    for start in range(0, neighbors.shape[0], chunk_size):
+        idx = neighbors[start : start + chunk_size]
+        out[start : start + chunk_size] = (a[start : start + chunk_size].unsqueeze(1) * b[idx]).sum(-1)
+    return out
+
+
+@torch.no_grad()
+def class_radii(features: Tensor, labels: Tensor, centers: Tensor, *, chunk_size: int = 262144) -> Tensor:
+    """Per-sample radius r_i = ‖f̂_i − c_{y_i}‖₂ (§2.1 step 3), chunked so a float16 cache is never copied whole.
+
+    Args:
+        features: ``Tensor[N, d]`` raw features (L2-normalised here in float32).
+        labels: ``int64[N]``.
+        centers: ``Tensor[C, d]`` class centres c_k (§2.1: mean of normalised features, **not** re-normalised).
+
+    Returns:
+        ``float32[N]``.
+    """
+    _check_labels(features, labels)
+    labels = labels.to(features.device, torch.long)
+    c = centers.to(features.device, torch.float32)
+    out = torch.empty(features.shape[0], dtype=torch.float32, device=features.device)
+    for start in range(0, features.shape[0], chunk_size):
+        f = F.normalize(features[start : start + chunk_size].float(), dim=1, eps=_NORM_EPS)
+        out[start : start + chunk_size] = torch.linalg.vector_norm(
+            f - c[labels[start : start + chunk_size]], dim=1
+        )
+    return out
+
+
+def perturbation_bounds(r_med: Tensor, counts: Tensor, *, epsilon: float, rho: float) -> Tensor:
+    """Per-class ball radii ε_k = min(ε, ρ·r_med,k) (§10.1), 0 for classes with fewer than two samples.
+
+    Args:
+        r_med: ``Tensor[C]`` median of the 1.5-IQR-kept radius list of each class (old model, new training set).
+        counts: ``int64[C]`` images per class (singletons and empty classes get ε_k = 0: no evidence).
+        epsilon: ε ≥ 0. rho: ρ ≥ 0.
+
+    Returns:
+        ``float32[C]``, every entry in [0, ε].
+    """
+    if epsilon < 0 or rho < 0:
+        raise ValueError("epsilon and rho must be >= 0")
+    bound = torch.clamp(rho * r_med.float(), min=0.0, max=float(epsilon))
+    return torch.where(counts.to(bound.device) >= 2, bound, torch.zeros_like(bound))
+
+
+class PerturbationInputs(NamedTuple):
+    """Fixed inputs of NDPP/ODPP built once from the old-model artefacts (§10.1).
+
+    ``old_prototypes`` float32[C, d]: p^o_k = normalise(P^o_k), zero rows for classes without samples;
+    ``neighbors`` int64[C, K]: the K nearest other classes with samples by old cosine (K clamped to
+    #present − 1); ``bounds`` float32[C]: ε_k; ``present`` bool[C]: classes with samples; ``r_med`` float32[C].
+    """
+
+    old_prototypes: Tensor
+    neighbors: Tensor
+    bounds: Tensor
+    present: Tensor
+    r_med: Tensor
+
+
+@torch.no_grad()
+def perturbation_inputs(
+    class_means: Tensor,
+    counts: Tensor,
+    old_features: Tensor,
+    labels: Tensor,
+    *,
+    k: int,
+    epsilon: float,
+    rho: float,
+) -> PerturbationInputs:
+    """Old prototypes, old kNN graph and per-class bounds for NDPP/ODPP (§10.1 inputs).
+
+    Args:
+        class_means: ``Tensor[C, d]`` P^o (artefact ``class_means_new``: mean of normalised old features over the
+            new training set, not re-normalised); also the centres of the radius list.
+        counts: ``int64[C]`` images per class.
+        old_features: ``Tensor[N, d]`` old features of the new training set (artefact ``old_features_new``).
+        labels: ``int64[N]``.
+        k: K. epsilon: ε. rho: ρ.
+    """
+    num_classes = class_means.shape[0]
+    counts = counts.to(class_means.device, torch.long)
+    present = counts > 0
+    p_old = F.normalize(class_means.float(), dim=1, eps=_NORM_EPS)
+    p_old = torch.where(present.unsqueeze(1), p_old, torch.zeros_like(p_old))
+    neighbors, _ = knn_graph(p_old, k, mask=present)
+    radii = class_radii(old_features, labels, class_means)
+    r_med = iqr_filtered_stats(radii, labels.to(radii.device), num_classes).v_med.to(p_old.device)
+    bounds = perturbation_bounds(r_med, counts, epsilon=epsilon, rho=rho)
+    return PerturbationInputs(p_old, neighbors, bounds, present, r_med)
+
+
+@torch.no_grad()
+def neighbour_gains(
+    old_prototypes: Tensor,
+    new_prototypes: Tensor,
+    seen: Tensor,
+    neighbors: Tensor,
+    *,
+    chunk_size: int = _CHUNK,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-edge similarities and gains (§10.1 step 1).
+
+    s^o_kj = ⟨p^o_k, p^o_j⟩, s^n_kj = ⟨p^n_k, p^n_j⟩, g_kj = clamp(s^o_kj − s^n_kj, 0, 1)·v_k·v_j: how much better
+    the new model separates the pair than the old one. Unseen classes (v = 0, zero bank rows) give g = 0.
+
+    Args:
+        old_prototypes: ``Tensor[C, d]`` p^o (normalised here). new_prototypes: ``Tensor[C, d]`` bank rows
+            (normalised here; zero rows stay zero). seen: ``bool[C]`` v. neighbors: ``int64[C, K]``.
+
+    Returns:
+        ``(old_sims, new_sims, gains)``, each ``[C, K]`` float32 (float64 for float64 inputs).
+    """
+    dt = _work_dtype(old_prototypes)
+    with _no_autocast(old_prototypes):
+        po = F.normalize(old_prototypes.to(dt), dim=1, eps=_NORM_EPS)
+        pn = F.normalize(new_prototypes.to(device=po.device, dtype=dt), dim=1, eps=_NORM_EPS)
+        nb = neighbors.to(po.device, torch.long)
+        v = seen.to(po.device, dt)
+        s_o = _edge_dots(po, po, nb, chunk_size)
+        s_n = _edge_dots(pn, pn, nb, chunk_size)
+        gains = (s_o - s_n).clamp(min=0.0, max=1.0) * v.unsqueeze(1) * v[nb]
+    return s_o, s_n, gains
+
+
+def project_to_balls(delta: Tensor, bounds: Tensor, active: Tensor | None = None) -> Tensor:
+    """Projection onto the balls ‖δ_k‖ ≤ ε_k: δ_k ← δ_k·min(1, ε_k/‖δ_k‖); δ_k ← 0 where ``active`` is False.
+
+    Zero rows and ε_k = 0 give exact zeros (never NaN).
+
+    Args:
+        delta: ``Tensor[C, d]``. bounds: ``Tensor[C]`` ε_k ≥ 0. active: optional ``bool[C]`` (e.g. seen classes).
+    """
+    norm = torch.linalg.vector_norm(delta, dim=1)
+    factor = (bounds.to(delta.dtype) / norm.clamp(min=1e-30)).clamp(max=1.0)
+    out = delta * factor.unsqueeze(1)
+    if active is not None:
+        out = torch.where(active.to(delta.device).unsqueeze(1), out, torch.zeros_like(out))
+    return out
+
+
+def pseudo_prototypes(old_prototypes: Tensor, delta: Tensor) -> Tensor:
+    """Pseudo-old prototypes p̃_k = normalise(p^o_k + δ_k) (§10.1 step 5); zero rows stay zero."""
+    return F.normalize(old_prototypes + delta, dim=1, eps=_NORM_EPS)
+
+
+@torch.no_grad()
+def ndpp_perturbation(
+    old_prototypes: Tensor,
+    neighbors: Tensor,
+    gains: Tensor,
+    bounds: Tensor,
+    *,
+    tau_nb: float = 0.1,
+    eta: float = 1.0,
+    chunk_size: int = _CHUNK,
+) -> Tensor:
+    """NDPP perturbation, one shot (§10.1 steps 2–4 [reconstruction]).
+
+    ω_kj = softmax_{j ∈ N_k}(s^o_kj/τ_nb); u_kj = normalise(s^o_kj·p^o_k − p^o_j) (the tangent direction at p^o_k
+    pointing away from p^o_j; skipped when its norm is below :data:`DEGENERATE_EPS`, i.e. p^o_j = ±p^o_k);
+    d_k = Σ_j ω_kj·g_kj·u_kj; δ_k = η·d_k projected onto ‖δ_k‖ ≤ ε_k.
+
+    Args:
+        old_prototypes: ``Tensor[C, d]`` p^o (normalised here). neighbors: ``int64[C, K]`` N_k.
+        gains: ``Tensor[C, K]`` g (:func:`neighbour_gains`; already 0 for unseen classes).
+        bounds: ``Tensor[C]`` ε_k (:func:`perturbation_bounds`).
+        tau_nb: τ_nb > 0. eta: η.
+
+    Returns:
+        δ ``[C, d]`` (float32; float64 for float64 inputs).
+    """
+    if tau_nb <= 0:
+        raise ValueError("tau_nb must be > 0")
+    dt = _work_dtype(old_prototypes)
+    with _no_autocast(old_prototypes):
+        po = F.normalize(old_prototypes.to(dt), dim=1, eps=_NORM_EPS)
+        nb = neighbors.to(po.device, torch.long)
+        g = gains.to(po.device, dt)
+        delta = torch.zeros_like(po)
+        for start in range(0, po.shape[0], chunk_size):
+            rows = slice(start, start + chunk_size)
+            pk = po[rows].unsqueeze(1)  # [c, 1, d]
+            pj = po[nb[rows]]  # [c, K, d]
+            s = (pk * pj).sum(-1)  # [c, K]
+            omega = torch.softmax(s / tau_nb, dim=1)
+            u = s.unsqueeze(-1) * pk - pj
+            norm = torch.linalg.vector_norm(u, dim=-1, keepdim=True)
+            u = torch.where(norm >= DEGENERATE_EPS, u / norm.clamp(min=DEGENERATE_EPS), torch.zeros_like(u))
+            delta[rows] = eta * ((omega * g[rows]).unsqueeze(-1) * u).sum(1)
+        return project_to_balls(delta, bounds.to(po.device))
+
+
+@torch.no_grad()
+def perturbation_stats(
+    delta: Tensor, bounds: Tensor, seen: Tensor, *, rtol: float = 1e-4
+) -> dict[str, float]:
+    """Per-epoch diagnostics over the eligible classes (seen and ε_k > 0).
+
+    Returns ``delta_norm`` (mean ‖δ_k‖), ``on_bound`` (fraction with ‖δ_k‖ ≥ (1 − rtol)·ε_k, i.e. a saturated ε),
+    ``eligible`` (count); 0.0 when no class is eligible.
+    """
+    eligible = seen.to(delta.device, torch.bool) & (bounds.to(delta.device) > 0)
+    n = int(eligible.sum())
+    if n == 0:
+        return {"delta_norm": 0.0, "on_bound": 0.0, "eligible": 0.0}
+    norm = torch.linalg.vector_norm(delta.float(), dim=1)
+    on_bound = (norm >= (1.0 - rtol) * bounds.to(delta.device).float()) & eligible
+    return {
+        "delta_norm": float(norm[eligible].mean()),
+        "on_bound": float(on_bound.sum()) / n,
+        "eligible": float(n),
+    }
+
+
+def _odpp_hinge_sum(
+    pt: Tensor, neighbors: Tensor, gains: Tensor, new_sims: Tensor, rows: slice, tau_o: float
+) -> Tensor:
+    """Σ_{k ∈ rows} (1/max(1, |N⁺_k|)) Σ_{j ∈ N⁺_k} g_kj·τ_o·softplus((⟨p̃_k, p̃_j⟩ − s^n_kj)/τ_o)."""
+    g = gains[rows]
+    s = (pt[rows].unsqueeze(1) * pt[neighbors[rows]]).sum(-1)
+    hinge = g * tau_o * F.softplus((s - new_sims[rows]) / tau_o)
+    n_pos = (g > 0).sum(1).clamp(min=1).to(hinge.dtype)
+    return (hinge.sum(1) / n_pos).sum()
+
+
+def odpp_objective_and_grad(
+    delta: Tensor,
+    old_prototypes: Tensor,
+    neighbors: Tensor,
+    gains: Tensor,
+    new_sims: Tensor,
+    seen: Tensor,
+    *,
+    tau_o: float = 0.05,
+    gamma: float = 1.0,
+    need_grad: bool = True,
+    chunk_size: int = _CHUNK,
+) -> tuple[Tensor, Tensor | None]:
+    """ODPP objective J(Δ) and its gradient (§11 [reconstruction]).
+
+    J(Δ) = (1/C_v) Σ_k [ (1/max(1, |N⁺_k|)) Σ_{j ∈ N⁺_k} g_kj·τ_o·softplus((⟨p̃_k, p̃_j⟩ − s^n_kj)/τ_o)
+    + (γ/2)‖δ_k‖² ], p̃ = normalise(p^o + δ), N⁺_k = {j ∈ N_k: g_kj > 0}, C_v = max(1, #seen).
+
+    Memory stays bounded for large C: the hinge is evaluated per chunk of classes against a detached copy of P̃
+    (its gradient accumulates chunk by chunk), then pulled back through the normalisation once.
+
+    Args:
+        delta: ``Tensor[C, d]`` Δ. old_prototypes: ``Tensor[C, d]`` p^o (unit rows). neighbors: ``int64[C, K]``.
+        gains: ``Tensor[C, K]`` g. new_sims: ``Tensor[C, K]`` s^n. seen: ``bool[C]``.
+        tau_o: τ_o > 0. gamma: γ ≥ 0. need_grad: False returns ``(J, None)`` without autograd.
+
+    Returns:
+        ``(J, grad)``: scalar J (detached) and ∂J/∂Δ ``[C, d]`` (or None), in the work dtype of ``delta``.
+    """
+    if tau_o <= 0:
+        raise ValueError("tau_o must be > 0")
+    dt = _work_dtype(delta)
+    c_v = max(1, int(seen.sum()))
+    with _no_autocast(delta), torch.enable_grad() if need_grad else torch.no_grad():
+        d = delta.detach().to(dt).requires_grad_(need_grad)
+        po = old_prototypes.detach().to(device=d.device, dtype=dt)
+        nb = neighbors.to(d.device, torch.long)
+        g = gains.detach().to(d.device, dt)
+        s_n = new_sims.detach().to(d.device, dt)
+        pt = F.normalize(po + d, dim=1, eps=_NORM_EPS)
+        pt_leaf = pt.detach().requires_grad_(need_grad)
+        hinge = torch.zeros((), dtype=dt, device=d.device)
+        for start in range(0, d.shape[0], chunk_size):
+            part = _odpp_hinge_sum(pt_leaf, nb, g, s_n, slice(start, start + chunk_size), tau_o)
+            if need_grad and part.requires_grad:
+                part.backward()
+            hinge = hinge + part.detach()
+        reg = 0.5 * gamma * (d.detach() ** 2).sum()
+        value = (hinge + reg) / c_v
+        if not need_grad:
+            return value, None
+        grad_pt = pt_leaf.grad if pt_leaf.grad is not None else torch.zeros_like(pt_leaf)
+        pt.backward(grad_pt)
+        grad = (d.grad + gamma * d.detach()) / c_v
+    return value, grad
+
+
+def odpp_objective(delta: Tensor, *args, **kwargs) -> Tensor:
+    """J(Δ) only (see :func:`odpp_objective_and_grad`, same arguments), without autograd."""
+    return odpp_objective_and_grad(delta, *args, need_grad=False, **kwargs)[0]
+
+
+class ODPPSolution(NamedTuple):
+    """Result of :func:`solve_odpp`: ``delta`` [C, d] (feasible), J at the start and at the returned Δ, and the
+    objective ``history`` (J at the projected start and after every projected step: length steps + 1)."""
+
+    delta: Tensor
+    objective_before: float
+    objective_after: float
+    history: list[float]
+
+
+@torch.no_grad()
+def solve_odpp(
+    old_prototypes: Tensor,
+    neighbors: Tensor,
+    gains: Tensor,
+    new_sims: Tensor,
+    seen: Tensor,
+    bounds: Tensor,
+    *,
+    init: Tensor | None = None,
+    steps: int = 20,
+    lr: float = 0.01,
+    tau_o: float = 0.05,
+    gamma: float = 1.0,
+    betas: tuple[float, float] = (0.9, 0.999),
+    adam_eps: float = 1e-8,
+    keep_best: bool = True,
+    chunk_size: int = _CHUNK,
+) -> ODPPSolution:
+    """Projected Adam on the ODPP objective (§11 [reconstruction]).
+
+    Full batch over all edges; fresh Adam state per call; after **every** step Δ is projected onto the balls
+    ‖δ_k‖ ≤ ε_k and δ_k = 0 where v_k = 0 (:func:`project_to_balls`). ``init`` (warm start, e.g. the previous
+    epoch's Δ) is projected first; default zeros.
+
+    Projected Adam is not a descent method, so J can rise on a step. ``keep_best=True`` (bctbench addition, not
+    in §11) returns the iterate with the lowest J among the start and all steps, which guarantees
+    ``objective_after ≤ objective_before``; ``keep_best=False`` returns the last iterate.
+
+    Args:
+        old_prototypes: ``Tensor[C, d]`` p^o. neighbors: ``int64[C, K]``. gains, new_sims: ``Tensor[C, K]``
+            (:func:`neighbour_gains`). seen: ``bool[C]``. bounds: ``Tensor[C]`` ε_k.
+        init: optional ``Tensor[C, d]``. steps: T. lr: Adam learning rate. tau_o: τ_o. gamma: γ.
+    """
+    if steps < 0 or lr <= 0:
+        raise ValueError("steps must be >= 0 and lr > 0")
+    dt = _work_dtype(old_prototypes if init is None else init)
+    po = F.normalize(old_prototypes.to(dt), dim=1, eps=_NORM_EPS)
+    device = po.device
+    seen = seen.to(device, torch.bool)
+    bounds = bounds.to(device, dt)
+    active = seen & (bounds > 0)
+    delta = torch.zeros_like(po) if init is None else init.to(device=device, dtype=dt)
+    delta = project_to_balls(delta, bounds, active)
+    kw = {"tau_o": tau_o, "gamma": gamma, "chunk_size": chunk_size}
+    m = torch.zeros_like(delta)
+    v = torch.zeros_like(delta)
+    beta1, beta2 = betas
+    history: list[float] = []
+    best, best_value = delta, float("inf")
+    for t in range(1, steps + 1):
+        value, grad = odpp_objective_and_grad(delta, po, neighbors, gains, new_sims, seen, **kw)
+        value_f = float(value)
+        history.append(value_f)
+        if value_f < best_value:
+            best, best_value = delta, value_f
+        m = beta1 * m + (1.0 - beta1) * grad
+        v = beta2 * v + (1.0 - beta2) * grad * grad
+        m_hat = m / (1.0 - beta1**t)
+        v_hat = v / (1.0 - beta2**t)
+        delta = project_to_balls(delta - lr * m_hat / (v_hat.sqrt() + adam_eps), bounds, active)
+    final = float(odpp_objective(delta, po, neighbors, gains, new_sims, seen, **kw))
+    history.append(final)
+    result, result_value = delta, final
+    if keep_best and best_value < final:
+        result, result_value = best, best_value
+    return ODPPSolution(result, history[0], result_value, history)
