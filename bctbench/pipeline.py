@@ -142,7 +142,9 @@ def dataset_fingerprint(ctx: RunContext) -> str | None:
         return None
 
 
-def build_datamodule(ctx: RunContext, stage: str, runtime: Runtime, seed: int):
+def build_datamodule(ctx: RunContext, stage: str, runtime: Runtime, seed: int, step: int | None = None):
+    """Training data of ``stage`` ("old" | "new"); ``step`` = k selects the upgrade k -> k+1 of a sequential
+    allocation (required there, None otherwise)."""
     from datamodules.gldv2 import GLDv2DataModule
 
     t = ctx.spec.training
@@ -162,6 +164,7 @@ def build_datamodule(ctx: RunContext, stage: str, runtime: Runtime, seed: int):
         augmentation=t.augmentation,
         resize=t.resize,
         cache_decoded=t.cache_decoded_images,
+        step=step,
     )
 
 
@@ -319,7 +322,8 @@ def ensure_old_model(
     ensure_dataset(ctx)
     _cpu_threads(ctx, runtime)
     pl.seed_everything(seed, workers=True, verbose=False)
-    dm = build_datamodule(ctx, "old", runtime, seed)
+    # sequential allocations: the shared old model is generation 0, trained on the first subset
+    dm = build_datamodule(ctx, "old", runtime, seed, step=0 if spec.sequential_steps > 1 else None)
     dm.prepare_data()
     dm.setup("fit")
     module = ClassifierModule(
@@ -368,7 +372,9 @@ def method_parameters(cls: type) -> dict[str, Any]:
     return {n: p.default for n, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
-def build_evaluator(ctx: RunContext, runtime: Runtime, eval_sets: list | None = None):
+def build_evaluator(
+    ctx: RunContext, runtime: Runtime, eval_sets: list | None = None, pairs: list[str] | None = None
+):
     from bctbench.evaluation.compatibility import BackfillSettings, CompatibilityEvaluator
     from bctbench.evaluation.features import FeatureCache
 
@@ -377,7 +383,7 @@ def build_evaluator(ctx: RunContext, runtime: Runtime, eval_sets: list | None = 
     return CompatibilityEvaluator(
         eval_sets if eval_sets is not None else load_eval_sets(ctx),
         test_transform(ctx),
-        pairs=e.pairs,
+        pairs=e.pairs if pairs is None else pairs,
         cache=FeatureCache(ctx.cache_root / "features" / ctx.spec.name),
         variant="crop" if e.query_crop else "advbct_compat",
         batch_size=e.batch_size,
@@ -445,6 +451,8 @@ def run(
         seed = int(runtime_kw.pop("seed"))
     runtime = runtime.apply(runtime_kw)
     spec = ctx.spec
+    if spec.sequential_steps > 1:
+        return run_sequential(ctx, cls, method_kw, seed=seed, runtime=runtime)
     timings: dict[str, float] = {}
 
     t0 = time.time()
@@ -557,6 +565,223 @@ def run(
     log.info("result written: %s", path)
     if logger.__class__.__name__ == "WandbLogger":
         tracking.log_run_result(result, path, save_dir=ctx.results_root.parent / "wandb-runs")
+    return result
+
+
+# ------------------------------------------------------------------------------------ sequential
+def _old_backbone_of(spec: BenchmarkSpec, generation: int) -> str:
+    """Backbone of generation ``generation``: the old backbone for g0, the new backbone after."""
+    return spec.models.old_backbone if generation == 0 else spec.models.new_backbone
+
+
+def _generation_key(
+    ctx: RunContext, method: str, method_kw: dict[str, Any], seed: int, step: int, old_sha: str
+):
+    blob = json.dumps(
+        [ctx.spec.sha256, method, _jsonable(method_kw), int(seed), int(step), old_sha], sort_keys=True
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def train_generation(
+    ctx: RunContext,
+    cls: type,
+    method_kw: dict[str, Any],
+    *,
+    seed: int,
+    step: int,
+    old_ref: OldModelRef,
+    runtime: Runtime,
+) -> tuple[OldModelRef, dict[str, Any]]:
+    """Train generation ``step`` (>= 1) of a sequential benchmark with method ``cls``, the frozen generation
+    ``step - 1`` (``old_ref``) as its old model, on the upgrade ``step - 1 -> step`` of the allocation.
+
+    The new model is saved in the old-model checkpoint format (it is the next step's old model) under
+    ``<cache>/runs/<benchmark>/<method>/seed<k>/gen<step>-<key>/``, ``key`` = hash of (spec, method,
+    hyperparameters, seed, step, predecessor sha256); a finished generation with the same key is reused.
+    Returns the checkpoint reference and the generation's provenance (``old_sha256``, ``old_digest_before`` /
+    ``old_digest_after`` of the frozen predecessor, ``new_digest``, ``sha256``, ``hparams``, ``seconds``).
+    Raises :class:`BCTBenchError` when the frozen predecessor changed during training.
+    """
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import CSVLogger
+
+    from bctbench.method import MethodSetup, module_digest
+    from bctbench.old_model import file_sha256, save_old_checkpoint
+
+    spec = ctx.spec
+    key = _generation_key(ctx, cls.name, method_kw, seed, step, old_ref.sha256)
+    gen_dir = ctx.run_dir(cls.name, seed) / f"gen{step}-{key}"
+    meta_path = gen_dir / "generation.json"
+    ckpt = gen_dir / f"gen{step}.pt"
+    if meta_path.is_file() and ckpt.is_file():
+        info = json.loads(meta_path.read_text())
+        if file_sha256(ckpt) == info.get("sha256"):
+            log.info("generation %d of %s seed %d: cached %s", step, cls.name, seed, ckpt)
+            return OldModelRef(ckpt, info["sha256"]), info
+        log.warning("generation %d: %s does not match %s; retraining", step, ckpt, meta_path)
+
+    pl.seed_everything(seed, workers=True, verbose=False)
+    dm = build_datamodule(ctx, "new", runtime, seed, step=step - 1)
+    dm.prepare_data()
+    dm.setup("fit")
+    setup = MethodSetup(
+        backbone_new=spec.models.new_backbone,
+        backbone_old=_old_backbone_of(spec, step - 1),
+        embed_dim=spec.models.embed_dim,
+        num_classes_new=dm.num_classes,
+        num_classes_old=dm.num_old_classes,
+        old_checkpoint=str(old_ref.path),
+        old_checkpoint_sha256=old_ref.sha256,
+        optimizer=dataclasses.asdict(spec.training.optimizer),
+        max_epochs=spec.training.epochs,
+        image_size=spec.training.image_size,
+        pretrained_weights=spec.models.pretrained_weights,
+        artifact_store=str(ctx.cache_root / "artifacts" / spec.name),
+    )
+    try:
+        model = cls(setup, **method_kw)
+    except TypeError as exc:
+        raise ConfigError(f"method '{cls.name}': {exc}") from None
+    start = time.time()
+    if cls.required_artifacts:  # recomputed for this predecessor: the store keys on its sha256
+        model.prepare_artifacts(_artifact_store(ctx, model, dm, runtime))
+    old_before = module_digest(model.old.model)
+
+    gen_dir.mkdir(parents=True, exist_ok=True)
+    trainer = _trainer(
+        ctx,
+        runtime,
+        max_epochs=spec.training.epochs,
+        default_root_dir=gen_dir,
+        logger=CSVLogger(str(gen_dir), name="logs"),
+        callbacks=_callbacks(gen_dir, with_lr_monitor=True),
+    )
+    last = gen_dir / "checkpoints" / "last.ckpt"
+    ckpt_path = str(last) if runtime.resume and last.is_file() else None
+    log.info(
+        "training generation %d of %s (seed %d) on upgrade %d -> %d", step, cls.name, seed, step - 1, step
+    )
+    _fit(trainer, model, dm, ckpt_path)
+    old_after = module_digest(model.old.model)
+    if old_after != old_before:
+        raise BCTBenchError(
+            f"generation {step}: the frozen generation {step - 1} changed during training "
+            f"({old_before} -> {old_after}); result not written"
+        )
+    info = {
+        "step": step,
+        "method": cls.name,
+        "seed": seed,
+        "key": key,
+        "old_sha256": old_ref.sha256,
+        "old_digest_before": old_before,
+        "old_digest_after": old_after,
+        "new_digest": module_digest(model.new),
+        "hparams": _jsonable({k: v for k, v in model.hparams.items() if k != "setup"}),
+        "seconds": time.time() - start,
+    }
+    if trainer.global_rank == 0:
+        sha = save_old_checkpoint(
+            model.new,
+            ckpt,
+            backbone=spec.models.new_backbone,
+            meta={"benchmark": spec.name, "generation": step, "method": cls.name, "seed": seed, "key": key},
+        )
+        info["sha256"] = sha
+        info["path"] = str(ckpt.resolve())
+        tmp = meta_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(info, indent=2))
+        os.replace(tmp, meta_path)
+    if trainer.world_size > 1:
+        trainer.strategy.barrier("bctbench-generation")
+        info = json.loads(meta_path.read_text())
+    return OldModelRef(ckpt, info["sha256"]), info
+
+
+def run_sequential(ctx: RunContext, cls: type, method_kw: dict[str, Any], *, seed: int, runtime: Runtime):
+    """Sequential benchmark run: g0 (the shared old model), then g1 ... g{T-1} by the method, each with its
+    immediate predecessor frozen as the old model; then the compatibility matrix over all generations
+    (``g{i} -> g{j}``, ``i >= j``) on every eval set plus AC / AA (``evaluation.md`` §5.3). Writes and returns
+    the :class:`RunResult`; the matrix summaries and each generation's provenance are in
+    ``curves["sequential"]``."""
+    from bctbench.evaluation.sequential import compatibility_matrices, generation_name, sequential_pairs
+    from bctbench.method import Encoder, module_digest
+    from bctbench.old_model import load_old_model
+    from bctbench.results import RunResult, collect_provenance, write_result
+
+    spec = ctx.spec
+    steps = spec.sequential_steps
+    timings: dict[str, float] = {}
+    t0 = time.time()
+    ensure_dataset(ctx)
+    dataset_sha256 = dataset_fingerprint(ctx)
+    _cpu_threads(ctx, runtime)
+    refs = [ensure_old_model(ctx, runtime)]
+    timings["old_model"] = time.time() - t0
+    generations: list[dict[str, Any]] = [
+        {"step": 0, "method": None, "sha256": refs[0].sha256, "path": str(refs[0].path)}
+    ]
+    for step in range(1, steps):
+        t0 = time.time()
+        ref, info = train_generation(
+            ctx, cls, method_kw, seed=seed, step=step, old_ref=refs[-1], runtime=runtime
+        )
+        refs.append(ref)
+        generations.append(info)
+        timings[f"gen{step}"] = time.time() - t0
+
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return None
+    t0 = time.time()
+    encoders = {}
+    for g, ref in enumerate(refs):
+        frozen = load_old_model(ref.path, ref.sha256, expect_backbone=_old_backbone_of(spec, g))
+        embedder = frozen.model.embedder
+        identity = f"old:{ref.sha256}" if g == 0 else f"{cls.name}:{module_digest(embedder)}"
+        encoders[generation_name(g)] = Encoder(embedder, identity)
+    evaluator = build_evaluator(ctx, runtime, pairs=sequential_pairs(steps))
+    report = evaluator.evaluate(encoders)
+    timings["evaluate"] = time.time() - t0
+    if dataset_fingerprint(ctx) != dataset_sha256:
+        raise BCTBenchError(
+            f"dataset under {ctx.data_root} was regenerated while this run used it (tree sha256 "
+            f"{dataset_sha256} -> {dataset_fingerprint(ctx)}); result not written, run again"
+        )
+    hparams = generations[-1].get("hparams", {}) if steps > 1 else {}
+    prov = collect_provenance()
+    result = RunResult(
+        benchmark=spec.name,
+        method=cls.name,
+        seed=seed,
+        metrics=report.rows,
+        curves={
+            "sequential": {
+                "steps": steps,
+                "generations": _jsonable(generations),
+                "matrices": compatibility_matrices(report.rows, steps),
+            }
+        },
+        primary=report.primary,
+        method_hparams=_jsonable(hparams),
+        flags=_flags(cls, hparams, spec),
+        benchmark_sha256=spec.sha256,
+        old_checkpoint_sha256=refs[0].sha256,
+        split_sha256=split_sha256(ctx),
+        git=prov.get("git", {}),
+        env=prov.get("env", {}),
+        eval_variants={
+            "dataset_sha256": dataset_sha256,
+            "query_crop": spec.evaluation.query_crop,
+            "image_size": spec.training.image_size,
+            "resize": spec.training.resize,
+        },
+        timings=timings,
+    )
+    path = write_result(result, ctx.results_root)
+    log.info("result written: %s", path)
     return result
 
 
