@@ -66,8 +66,11 @@ __all__ = [
     "load_results",
     "leaderboard",
     "plot_leaderboard",
+    "is_sequential",
     "render",
     "results_frame",
+    "sequential_leaderboard",
+    "sequential_to_markdown",
     "to_csv",
     "to_latex",
     "to_markdown",
@@ -584,6 +587,123 @@ def plot_leaderboard(
     return paths
 
 
+# ---------------------------------------------------------------------- sequential view
+SEQ_CURVE = "sequential"
+SEQ_SUMMARY = ("AC", "AA")
+
+
+def is_sequential(results: Iterable[RunResult]) -> bool:
+    """True when the results come from a sequential benchmark (they carry ``curves["sequential"]``)."""
+    return any(SEQ_CURVE in (res.curves or {}) for res in results)
+
+
+def sequential_leaderboard(results: Iterable[RunResult]) -> pd.DataFrame:
+    """One row per method of a sequential benchmark, from its RunResults alone.
+
+    For each eval set at its primary (protocol, metric): every matrix entry ``C[i][j] = M(g_i -> g_j)``,
+    ``i >= j`` (column ``<es> <protocol> <metric> g{i}→g{j}``), then ``<es> AC`` and ``<es> AA``
+    (``evaluation.md`` §5.3), each with ``std`` and ``n`` companions: AC and AA are computed per seed from that
+    seed's matrix (:func:`~bctbench.evaluation.sequential.compatibility_matrices`), then mean ± std over seeds.
+    Rows are sorted by the first eval set's AA (descending, missing last), ties by name. Columns ``method``,
+    ``flags``, ``seeds``, ``steps``. Raises :class:`~bctbench.errors.ConfigError` when results mix benchmarks
+    or numbers of generations.
+    """
+    from bctbench.evaluation.sequential import compatibility_matrices
+
+    results = list(results)
+    benchmarks = sorted({r.benchmark for r in results})
+    if len(benchmarks) > 1:
+        raise ConfigError(f"leaderboard needs results of one benchmark, got {', '.join(benchmarks)}")
+    steps_seen = sorted({int(r.curves.get(SEQ_CURVE, {}).get("steps", 0)) for r in results})
+    if len(steps_seen) != 1 or steps_seen[0] < 2:
+        raise ConfigError(f"sequential leaderboard needs one number of generations >= 2, got {steps_seen}")
+    steps = steps_seen[0]
+    eval_sets: list[tuple[str, str, str]] = []
+    for res in results:
+        for row in res.metrics:
+            es = row["eval_set"]
+            if es not in {e for e, _, _ in eval_sets}:
+                pm = res.primary_of(es)
+                if pm is not None:
+                    eval_sets.append((es, pm[0], pm[1]))
+    pairs = [(i, j) for i in range(steps) for j in range(i + 1)]
+    per_method: dict[str, list[RunResult]] = {}
+    for res in results:
+        per_method.setdefault(res.method, []).append(res)
+
+    rows: list[dict[str, Any]] = []
+    for m in sorted(per_method):
+        runs = sorted(per_method[m], key=lambda r: r.seed)
+        flags = sorted({f for r in runs for f in r.flags})
+        row: dict[str, Any] = {
+            "method": m,
+            "flags": ",".join(flags),
+            "seeds": len({r.seed for r in runs}),
+            "steps": steps,
+        }
+        for es, p, met in eval_sets:
+            per_seed: dict[int, list[dict[str, Any]]] = {}
+            for r in runs:
+                mats = compatibility_matrices(r.metrics, steps)
+                hit = [x for x in mats if (x["eval_set"], x["protocol"], x["metric"]) == (es, p, met)]
+                if hit:
+                    per_seed.setdefault(r.seed, []).append(hit[0])
+            for i, j in pairs:
+                vals = [float(np.mean([x["matrix"][i][j] for x in xs])) for xs in per_seed.values()]
+                row.update(dict(zip(_stat_cols(f"{es} {p} {met} g{i}→g{j}"), _stats(vals), strict=True)))
+            for key in SEQ_SUMMARY:
+                vals = [float(np.mean([x[key] for x in xs])) for xs in per_seed.values()]
+                row.update(dict(zip(_stat_cols(f"{es} {key}"), _stats(vals), strict=True)))
+        rows.append(row)
+
+    first = f"{eval_sets[0][0]} AA" if eval_sets else None
+
+    def sort_key(r: dict[str, Any]) -> tuple:
+        v = r.get(first, math.nan) if first else math.nan
+        return (0 if math.isfinite(v) else 1, -v if math.isfinite(v) else 0.0, r["method"])
+
+    rows.sort(key=sort_key)
+    lb = pd.DataFrame(rows)
+    lb.attrs["eval_sets"] = eval_sets
+    lb.attrs["steps"] = steps
+    return lb
+
+
+def sequential_to_markdown(lb: pd.DataFrame) -> str:
+    """Markdown of :func:`sequential_leaderboard`: one table per eval set (matrix entries, AC, AA), then a
+    legend. Deterministic (golden-tested)."""
+    steps = int(lb.attrs.get("steps", lb["steps"].iloc[0] if len(lb) else 0))
+    eval_sets = lb.attrs.get("eval_sets") or []
+    pairs = [(i, j) for i in range(steps) for j in range(i + 1)]
+    lines: list[str] = []
+    for es, p, met in eval_sets:
+        cols = [(f"g{i}→g{j}", f"{es} {p} {met} g{i}→g{j}") for i, j in pairs]
+        cols += [(key, f"{es} {key}") for key in SEQ_SUMMARY]
+        lines.append(f"**{es}** ({p}, {met})")
+        lines.append("")
+        lines.append("| method | " + " | ".join(h for h, _ in cols) + " | flags |")
+        lines.append("|---|" + "---:|" * len(cols) + "---|")
+        for _, r in lb.iterrows():
+            cells = [_fmt_cell(r[c], r[f"{c} std"], r[f"{c} n"], 100.0) for _, c in cols]
+            lines.append("| " + " | ".join([str(r["method"]), *cells, str(r["flags"] or "")]) + " |")
+        lines.append("")
+    lines += [
+        f"Sequential upgrade over {steps} generations: g0 is the shared old model, each later generation is "
+        "trained by the row's method with its predecessor frozen as the old model.",
+        "Cells: mean ± std (n seeds), ×100. gi→gj: query embedded by generation i, gallery by generation j "
+        "(gi→gi: self-test). AC: share of pairs i > j with gi→gj > gj→gj; AA: mean of all entries i ≥ j "
+        "(evaluation.md §5.3), per seed, then over seeds.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+_SEQ_RENDERERS: Mapping[str, Callable[[pd.DataFrame], str]] = {
+    "md": sequential_to_markdown,
+    "markdown": sequential_to_markdown,
+    "csv": to_csv,
+}
+
+
 # ---------------------------------------------------------------------- entry point
 _RENDERERS: Mapping[str, Callable[[pd.DataFrame], str]] = {
     "md": to_markdown,
@@ -604,13 +724,18 @@ def render(
     """Build the leaderboard of ``benchmark`` from ``results_root`` alone and return it as text.
 
     ``fmt``: ``md`` (alias ``markdown``), ``csv`` or ``latex`` (alias ``tex``). ``out``: also write the text
-    there. ``plots_dir``: also write the PNG plots there. Raises :class:`~bctbench.errors.ConfigError` for an
+    there. ``plots_dir``: also write the PNG plots there. Results of a sequential benchmark (they carry
+    ``curves["sequential"]``) get the sequential view instead (:func:`sequential_leaderboard`; ``md`` or
+    ``csv``, no plots). Raises :class:`~bctbench.errors.ConfigError` for an
     unknown format and :class:`~bctbench.errors.BCTBenchError` when the benchmark has no readable results.
     """
     renderer = _RENDERERS.get(fmt)
     if renderer is None:
         raise ConfigError(f"unknown leaderboard format '{fmt}'; valid: {', '.join(sorted(_RENDERERS))}")
-    df = load_results(results_root, benchmark)
+    results = read_results(results_root, benchmark)
+    if is_sequential(results):
+        return _render_sequential(results, fmt, out)
+    df = results_frame(results)
     if df.empty or not (df["kind"] == "metric").any():
         raise BCTBenchError(f"no readable results for benchmark '{benchmark}' under {Path(results_root)}")
     lb = leaderboard(df)
@@ -621,4 +746,18 @@ def render(
         out_path.write_text(text, encoding="utf-8")
     if plots_dir is not None:
         plot_leaderboard(df, plots_dir, lb)
+    return text
+
+
+def _render_sequential(results: list[RunResult], fmt: str, out: str | os.PathLike | None) -> str:
+    renderer = _SEQ_RENDERERS.get(fmt)
+    if renderer is None:
+        raise ConfigError(
+            f"format '{fmt}' is not available for sequential benchmarks; valid: {', '.join(sorted(_SEQ_RENDERERS))}"
+        )
+    text = renderer(sequential_leaderboard(results))
+    if out is not None:
+        out_path = Path(out)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(text, encoding="utf-8")
     return text
