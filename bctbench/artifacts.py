@@ -134,7 +134,9 @@ class ArtifactStore:
     def _old_features(self, images: TrainingImages) -> torch.Tensor:
         from bctbench.method import Encoder
 
-        encoder = Encoder(self.old.model.embedder, f"old:{self.old.sha256}")
+        # eval() first: extract_features restores the wrapper's mode afterwards, and a fresh wrapper is in train
+        # mode, which would leave the frozen old embedder (BN running statistics) training
+        encoder = Encoder(self.old.model.embedder, f"old:{self.old.sha256}").eval()
         return self._embed(encoder, images, device=self.device, desc="old features")
 
     def _compute_old_classifier(self) -> dict[str, torch.Tensor]:
