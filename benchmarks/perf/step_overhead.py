@@ -4,12 +4,14 @@ relative to a plain PyTorch loop of the same model.
 Same batch for everyone (random images held in memory, so data loading is excluded), the default
 synthetic benchmark's model sizes (``tinycnn`` at 64 px, embedding and class counts from the spec unless
 overridden). Each method is timed inside a real ``Trainer`` (per-step wall time between
-``on_train_batch_start`` and ``on_train_batch_end``, after warm-up steps); the median is reported.
+``on_train_batch_start`` and ``on_train_batch_end``, after warm-up steps). Methods are timed in interleaved
+rounds (order rotated each round) so that drifts of the machine's speed hit all of them alike; each round's
+ratio uses that round's ``independent``, and the median ratio over rounds is reported with its range.
 
 Targets (issue 4/5): ≤ 1.15× ``independent`` for methods without a per-batch old forward, ≤ 1.6× for those
 with one; Lightning vs plain loop ≤ 1.05×.
 
-    python benchmarks/perf/step_overhead.py [--benchmark synth_class30to100] [--steps 30] [--methods bct l2]
+    python benchmarks/perf/step_overhead.py [--benchmark synth_class30to100] [--steps 15] [--rounds 3] [--methods bct l2]
 """
 
 from __future__ import annotations
@@ -98,8 +100,9 @@ def plain_step_time(model: EmbeddingModel, batch, optimizer_spec, steps: int, wa
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--benchmark", default="synth_class30to100")
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--steps", type=int, default=15, help="timed steps per method and round")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; ratios are medians over rounds")
     p.add_argument("--num-classes", type=int, default=720, help="new classes (old: 30%%)")
     p.add_argument("--methods", nargs="+", default=None)
     p.add_argument(
@@ -156,36 +159,56 @@ def main() -> None:
         )
         print(
             f"benchmark {spec.name}: batch {b}, {s}px, {spec.models.new_backbone}, d={d}, C_new={c_new}, "
-            f"C_old={c_old}; median of {args.steps} steps after {args.warmup} warm-up\n"
+            f"C_old={c_old}; {args.rounds} rounds of {args.steps} steps after {args.warmup} warm-up\n"
         )
-        rows = []
-        for name in args.methods or list_methods():
+        names = list(args.methods or list_methods())
+        if "independent" not in names:
+            names.insert(0, "independent")
+        models = {}
+        for name in names:
             cls = get_method(name)
             torch.manual_seed(0)
-            model = cls(setup)
+            models[name] = cls(setup)
             if cls.required_artifacts:
-                model.prepare_artifacts(RandomArtifactStore(model.old, old_label_of_class))
-            rows.append(
-                (name, cls.needs_old_forward, lightning_step_time(model, loader, args.steps, args.warmup))
+                models[name].prepare_artifacts(RandomArtifactStore(models[name].old, old_label_of_class))
+        # rounds: every method (and the plain loop) is timed once per round, so a drift of the machine's speed
+        # hits all of them alike; each round's ratios use that round's `independent`
+        times: dict[str, list[float]] = {n: [] for n in names}
+        light, plain = [], []
+        for r in range(args.rounds):
+            shift = r % len(
+                names
+            )  # rotate the order so that no method always runs first after the plain loop
+            for name in names[shift:] + names[:shift]:
+                times[name].append(lightning_step_time(models[name], loader, args.steps, args.warmup))
+            torch.manual_seed(0)
+            plain.append(
+                plain_step_time(
+                    EmbeddingModel(spec.models.new_backbone, d, c_new),
+                    batch,
+                    optimizer,
+                    args.steps,
+                    args.warmup,
+                )
             )
-        base = dict((n, t) for n, _, t in rows).get("independent")
-        print(f"{'method':14s} {'old fwd':>7s} {'ms/step':>9s} {'× indep.':>9s} {'target':>7s}  ok")
-        for name, old_fwd, t in rows:
-            target = 1.6 if old_fwd else 1.15
-            ratio = t / base if base else float("nan")
-            print(
-                f"{name:14s} {'yes' if old_fwd else 'no':>7s} {1000 * t:9.1f} {ratio:9.2f} {target:7.2f}  "
-                f"{'✓' if ratio <= target else '✗'}"
-            )
-
-        torch.manual_seed(0)
-        plain_model = EmbeddingModel(spec.models.new_backbone, d, c_new)
-        t_plain = plain_step_time(plain_model, batch, optimizer, args.steps, args.warmup)
-        torch.manual_seed(0)
-        t_light = lightning_step_time(get_method("independent")(setup), loader, args.steps, args.warmup)
+            light.append(times["independent"][-1])
         print(
-            f"\nLightning vs plain PyTorch loop (independent): {1000 * t_light:.1f} ms vs {1000 * t_plain:.1f} ms "
-            f"-> {t_light / t_plain:.3f}× (target ≤ 1.05)"
+            f"{'method':14s} {'old fwd':>7s} {'ms/step':>9s} {'× indep.':>9s} {'(min–max)':>13s} {'target':>7s}  ok"
+        )
+        for name in names:
+            ratios = [t / b for t, b in zip(times[name], times["independent"], strict=True)]
+            ratio = statistics.median(ratios)
+            target = 1.6 if get_method(name).needs_old_forward else 1.15
+            print(
+                f"{name:14s} {'yes' if get_method(name).needs_old_forward else 'no':>7s} "
+                f"{1000 * statistics.median(times[name]):9.1f} {ratio:9.2f} "
+                f"{f'{min(ratios):.2f}–{max(ratios):.2f}':>13s} {target:7.2f}  {'✓' if ratio <= target else '✗'}"
+            )
+        overhead = [t_l / t_p for t_l, t_p in zip(light, plain, strict=True)]
+        print(
+            f"\nLightning vs plain PyTorch loop (independent): {1000 * statistics.median(light):.1f} ms vs "
+            f"{1000 * statistics.median(plain):.1f} ms -> {statistics.median(overhead):.3f}× "
+            f"(rounds {min(overhead):.3f}–{max(overhead):.3f}; target ≤ 1.05)"
         )
 
 
