@@ -427,6 +427,31 @@ def _callbacks(run_dir: Path, with_lr_monitor: bool) -> list:
     return cbs
 
 
+def _build_method(ctx: RunContext, cls, method_kw: dict, dm, old_ref, old_backbone: str):
+    """Instantiate method ``cls`` for the data module ``dm`` against the frozen old checkpoint ``old_ref``."""
+    from bctbench.method import MethodSetup
+
+    spec = ctx.spec
+    setup = MethodSetup(
+        backbone_new=spec.models.new_backbone,
+        backbone_old=old_backbone,
+        embed_dim=spec.models.embed_dim,
+        num_classes_new=dm.num_classes,
+        num_classes_old=dm.num_old_classes,
+        old_checkpoint=str(old_ref.path),
+        old_checkpoint_sha256=old_ref.sha256,
+        optimizer=dataclasses.asdict(spec.training.optimizer),
+        max_epochs=spec.training.epochs,
+        image_size=spec.training.image_size,
+        pretrained_weights=spec.models.pretrained_weights,
+        artifact_store=str(ctx.cache_root / "artifacts" / spec.name),
+    )
+    try:
+        return cls(setup, **method_kw)
+    except TypeError as exc:
+        raise ConfigError(f"method '{cls.name}': {exc}") from None
+
+
 def run(
     ctx: RunContext,
     method_name: str,
@@ -439,7 +464,6 @@ def run(
     import lightning.pytorch as pl
 
     from bctbench import tracking
-    from bctbench.method import MethodSetup
     from bctbench.registry import get_method
     from bctbench.results import RunResult, collect_provenance, write_result
 
@@ -466,24 +490,7 @@ def run(
     dm = build_datamodule(ctx, "new", runtime, seed)
     dm.prepare_data()
     dm.setup("fit")
-    setup = MethodSetup(
-        backbone_new=spec.models.new_backbone,
-        backbone_old=spec.models.old_backbone,
-        embed_dim=spec.models.embed_dim,
-        num_classes_new=dm.num_classes,
-        num_classes_old=dm.num_old_classes,
-        old_checkpoint=str(old_ref.path),
-        old_checkpoint_sha256=old_ref.sha256,
-        optimizer=dataclasses.asdict(spec.training.optimizer),
-        max_epochs=spec.training.epochs,
-        image_size=spec.training.image_size,
-        pretrained_weights=spec.models.pretrained_weights,
-        artifact_store=str(ctx.cache_root / "artifacts" / spec.name),
-    )
-    try:
-        model = cls(setup, **method_kw)
-    except TypeError as exc:
-        raise ConfigError(f"method '{cls.name}': {exc}") from None
+    model = _build_method(ctx, cls, method_kw, dm, old_ref, spec.models.old_backbone)
     t0 = time.time()
     if cls.required_artifacts:
         model.prepare_artifacts(_artifact_store(ctx, model, dm, runtime))
@@ -606,7 +613,7 @@ def train_generation(
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import CSVLogger
 
-    from bctbench.method import MethodSetup, module_digest
+    from bctbench.method import module_digest
     from bctbench.old_model import file_sha256, save_old_checkpoint
 
     spec = ctx.spec
@@ -625,24 +632,7 @@ def train_generation(
     dm = build_datamodule(ctx, "new", runtime, seed, step=step - 1)
     dm.prepare_data()
     dm.setup("fit")
-    setup = MethodSetup(
-        backbone_new=spec.models.new_backbone,
-        backbone_old=_old_backbone_of(spec, step - 1),
-        embed_dim=spec.models.embed_dim,
-        num_classes_new=dm.num_classes,
-        num_classes_old=dm.num_old_classes,
-        old_checkpoint=str(old_ref.path),
-        old_checkpoint_sha256=old_ref.sha256,
-        optimizer=dataclasses.asdict(spec.training.optimizer),
-        max_epochs=spec.training.epochs,
-        image_size=spec.training.image_size,
-        pretrained_weights=spec.models.pretrained_weights,
-        artifact_store=str(ctx.cache_root / "artifacts" / spec.name),
-    )
-    try:
-        model = cls(setup, **method_kw)
-    except TypeError as exc:
-        raise ConfigError(f"method '{cls.name}': {exc}") from None
+    model = _build_method(ctx, cls, method_kw, dm, old_ref, _old_backbone_of(spec, step - 1))
     start = time.time()
     if cls.required_artifacts:  # recomputed for this predecessor: the store keys on its sha256
         model.prepare_artifacts(_artifact_store(ctx, model, dm, runtime))
