@@ -427,6 +427,16 @@ def _callbacks(run_dir: Path, with_lr_monitor: bool) -> list:
     return cbs
 
 
+def _eval_variants(spec, dataset_sha256: str | None) -> dict:
+    """What the evaluation saw, stored with every result: dataset bytes, query crop, input size, resize."""
+    return {
+        "dataset_sha256": dataset_sha256,
+        "query_crop": spec.evaluation.query_crop,
+        "image_size": spec.training.image_size,
+        "resize": spec.training.resize,
+    }
+
+
 def _build_method(ctx: RunContext, cls, method_kw: dict, dm, old_ref, old_backbone: str):
     """Instantiate method ``cls`` for the data module ``dm`` against the frozen old checkpoint ``old_ref``."""
     from bctbench.method import MethodSetup
@@ -559,12 +569,7 @@ def run(
         split_sha256=split_sha256(ctx),
         git=prov.get("git", {}),
         env=prov.get("env", {}),
-        eval_variants={
-            "dataset_sha256": dataset_sha256,
-            "query_crop": spec.evaluation.query_crop,
-            "image_size": spec.training.image_size,
-            "resize": spec.training.resize,
-        },
+        eval_variants=_eval_variants(spec, dataset_sha256),
         wandb_run=getattr(logger, "version", None) if logger.__class__.__name__ == "WandbLogger" else None,
         timings=timings,
     )
@@ -762,12 +767,7 @@ def run_sequential(ctx: RunContext, cls: type, method_kw: dict[str, Any], *, see
         split_sha256=split_sha256(ctx),
         git=prov.get("git", {}),
         env=prov.get("env", {}),
-        eval_variants={
-            "dataset_sha256": dataset_sha256,
-            "query_crop": spec.evaluation.query_crop,
-            "image_size": spec.training.image_size,
-            "resize": spec.training.resize,
-        },
+        eval_variants=_eval_variants(spec, dataset_sha256),
         timings=timings,
     )
     path = write_result(result, ctx.results_root)
