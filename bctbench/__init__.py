@@ -16,6 +16,7 @@ from bctbench.method import (
     NonFiniteLossError,
     build_optimizer,
 )
+from bctbench.perturbation import PseudoOldPrototypeMethod
 from bctbench.registry import get_method, list_methods, register_method
 
 __version__ = "0.1.0"
@@ -31,6 +32,7 @@ __all__ = [
     "MethodSetup",
     "ModelOutput",
     "NonFiniteLossError",
+    "PseudoOldPrototypeMethod",
     "UnknownMethodError",
     "__version__",
     "build_optimizer",

@@ -50,20 +50,16 @@ from __future__ import annotations
 import torch
 
 from bctbench import (
-    Batch,
-    BCTBenchError,
-    CompatibilityMethod,
     ConfigError,
     MethodSetup,
-    ModelOutput,
-    losses,
+    PseudoOldPrototypeMethod,
     register_method,
 )
 from bctbench import prototypes as proto_math
 
 
 @register_method("ndpp")
-class NDPP(CompatibilityMethod):
+class NDPP(PseudoOldPrototypeMethod):
     paper = (
         "Zhou et al., Prototype Perturbation for Relaxing Alignment Constraints in Backward-Compatible Learning, "
         "https://arxiv.org/abs/2503.14824 (NDPP; reconstruction from the abstract)"
@@ -105,72 +101,7 @@ class NDPP(CompatibilityMethod):
         self.scale = scale
         self.weight = weight
         self.start_epoch = start_epoch
-        c_new, d = setup.num_classes_new, setup.embed_dim
-        self.bank = proto_math.EMAPrototypeBank(c_new, d, momentum=ema)
-        # Persistent: the frozen pseudo-old prototypes P̃ (a resumed run keeps the last update).
-        self.register_buffer("pseudo_prototypes", torch.zeros(c_new, d))
-        # Rebuilt from the artefacts by prepare_artifacts.
-        self.register_buffer("old_prototypes", torch.zeros(c_new, d), persistent=False)
-        self.register_buffer("delta", torch.zeros(c_new, d), persistent=False)
-        self.register_buffer("neighbors", torch.zeros(c_new, 0, dtype=torch.int64), persistent=False)
-        self.register_buffer("bounds", torch.zeros(c_new), persistent=False)
-        self.register_buffer("proto_columns", torch.zeros(0, dtype=torch.int64), persistent=False)
-        self.register_buffer("column_of_class", torch.full((c_new,), -1, dtype=torch.int64), persistent=False)
-        self._prepared = False
-        self.updated_at: list[int] = []  # epochs at which δ was recomputed in this process
-        self.last_stats: dict[str, float] = {}
-
-    # ----------------------------------------------------------------------------------- artefacts
-    def prepare_artifacts(self, store) -> None:
-        means = store.get("class_means_new")
-        feats = store.get("old_features_new")
-        inputs = proto_math.perturbation_inputs(
-            means["means"].float(),
-            means["counts"].long(),
-            feats["features"],
-            feats["labels"].long(),
-            k=self.k,
-            epsilon=self.epsilon,
-            rho=self.rho,
-        )
-        device = self.pseudo_prototypes.device
-        columns = torch.nonzero(inputs.present).flatten()
-        column_of_class = torch.full((inputs.present.numel(),), -1, dtype=torch.int64)
-        column_of_class[columns] = torch.arange(columns.numel())
-        self.old_prototypes = inputs.old_prototypes.to(device)
-        self.neighbors = inputs.neighbors.to(device)
-        self.bounds = inputs.bounds.to(device)
-        self.proto_columns = columns.to(device)
-        self.column_of_class = column_of_class.to(device)
-        self.delta = torch.zeros_like(self.old_prototypes)
-        self.pseudo_prototypes = self.old_prototypes.clone()
-        self._prepared = True
-
-    def _require_prepared(self) -> None:
-        if not self._prepared:
-            raise BCTBenchError("ndpp: prepare_artifacts(store) must run before training")
-
-    # -------------------------------------------------------------------------------------- loss
-    def compatibility_loss(
-        self, batch: Batch, new: ModelOutput, old: ModelOutput | None
-    ) -> dict[str, torch.Tensor]:
-        self._require_prepared()
-        labels = batch["labels"]
-        gathered, _ = self.gather_no_grad(new.embedding_normed)
-        gathered_labels, _ = self.gather_no_grad(labels)
-        self.bank.update(gathered, gathered_labels)
-        term = losses.prototype_ce_loss(
-            new.embedding_normed,
-            self.pseudo_prototypes[self.proto_columns],
-            self.column_of_class[labels],
-            scale=self.scale,
-        )
-        return {"pp": self.weight * term}
-
-    # ------------------------------------------------------------------------------ perturbation
-    def on_train_epoch_start(self) -> None:
-        if self.current_epoch >= self.start_epoch:
-            self.update_perturbation()
+        self._init_pseudo_prototypes(setup, ema=ema, persistent_delta=False)
 
     @torch.no_grad()
     def update_perturbation(self) -> dict[str, float]:
@@ -183,19 +114,9 @@ class NDPP(CompatibilityMethod):
         delta = proto_math.ndpp_perturbation(
             self.old_prototypes, self.neighbors, gains, self.bounds, tau_nb=self.tau_nb, eta=self.eta
         )
-        trainer = self._trainer
-        if trainer is not None and trainer.world_size > 1:
-            delta = trainer.strategy.broadcast(delta.cpu(), src=0).to(self.old_prototypes.device)
-        self.delta = delta.to(self.old_prototypes.dtype)
-        self.pseudo_prototypes = proto_math.pseudo_prototypes(self.old_prototypes, self.delta)
-        stats = proto_math.perturbation_stats(self.delta, self.bounds, seen)
-        seen_gains = gains[seen]
-        stats["mean_gain"] = float(seen_gains.mean()) if seen_gains.numel() else 0.0
+        stats = self._apply_delta(delta, gains, seen)
         self.last_stats = stats
-        self.updated_at.append(int(self.current_epoch))
-        if trainer is not None:
-            for key in ("delta_norm", "on_bound", "mean_gain"):
-                self.log(f"train/ndpp/{key}", stats[key], on_step=False, on_epoch=True)
+        self._log_stats(stats, ("delta_norm", "on_bound", "mean_gain"))
         return stats
 
     @classmethod
