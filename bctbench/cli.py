@@ -94,11 +94,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_roots(p)
     _add_runtime(p)
 
+    p = sub.add_parser(
+        "reevaluate", help="re-score finished runs with the current evaluation protocol (no retraining)"
+    )
+    p.add_argument("--benchmark", "-b", required=True)
+    p.add_argument("--methods", nargs="+", default=None, help="default: every method with a result")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="default: every seed with a result")
+    _add_roots(p)
+    _add_runtime(p)
+
     p = sub.add_parser("leaderboard", help="render the leaderboard of a benchmark from results/ alone")
     p.add_argument("--benchmark", "-b", required=True)
     p.add_argument("--format", choices=("md", "csv", "latex"), default="md")
     p.add_argument("--out", default=None, help="write to this file instead of stdout")
     p.add_argument("--plots", default=None, help="folder for PNG plots (default: results/<benchmark>/plots)")
+    p.add_argument(
+        "--curve-methods",
+        nargs="+",
+        default=None,
+        help="methods of an extra headline backfilling plot (backfill_<eval_set>_headline_selected.png)",
+    )
     p.add_argument("--results-root", default=None)
     return parser
 
@@ -212,13 +227,44 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reevaluate(args: argparse.Namespace) -> int:
+    from bctbench import pipeline
+    from bctbench.errors import BCTBenchError
+    from bctbench.results import read_results
+
+    ctx = pipeline.RunContext.create(args.benchmark, args.data_root, args.cache_root, args.results_root)
+    runs = sorted(
+        (r.method, r.seed)
+        for r in read_results(ctx.results_root, ctx.spec.name)
+        if (args.methods is None or r.method in args.methods) and (args.seeds is None or r.seed in args.seeds)
+    )
+    if not runs:
+        print(f"error: no results of {ctx.spec.name} under {ctx.results_root} match", file=sys.stderr)
+        return 1
+    failed = []
+    for method, seed in runs:
+        try:
+            pipeline.reevaluate(ctx, method, seed=seed, runtime=_runtime_from_args(args))
+            print(f"re-evaluated {method} seed {seed}")
+        except BCTBenchError as exc:
+            print(f"error: {method} seed {seed}: {exc}", file=sys.stderr)
+            failed.append(f"{method}/seed{seed}")
+    print(pipeline.render_leaderboard(ctx))
+    if failed:
+        print("error: not re-evaluated: " + ", ".join(failed), file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
     from bctbench.leaderboard import render
     from bctbench.paths import resolve_results_root
 
     root = resolve_results_root(args.results_root)
     plots = args.plots if args.plots is not None else root / args.benchmark / "plots"
-    text = render(root, args.benchmark, fmt=args.format, out=args.out, plots_dir=plots)
+    text = render(
+        root, args.benchmark, fmt=args.format, out=args.out, plots_dir=plots, curve_methods=args.curve_methods
+    )
     if args.out is None:
         print(text)
     else:
@@ -235,6 +281,7 @@ COMMANDS = {
     "run": _cmd_run,
     "run-all": _cmd_run_all,
     "evaluate": _cmd_evaluate,
+    "reevaluate": _cmd_reevaluate,
     "leaderboard": _cmd_leaderboard,
 }
 

@@ -113,6 +113,9 @@ class EvalSetSpec:
     root: str
 
 
+BACKFILL_MODES = ("mixed", "merge")
+
+
 @dataclass(frozen=True)
 class EvaluationSpec:
     eval_sets: tuple[EvalSetSpec, ...]
@@ -121,6 +124,7 @@ class EvaluationSpec:
     backfill_fractions: int = 11
     backfill_orders: tuple[str, ...] = ("random",)
     backfill_seeds: tuple[int, ...] = (0,)
+    backfill_modes: tuple[str, ...] = ("mixed", "merge")
     batch_size: int = 128
 
 
@@ -247,6 +251,8 @@ def validate_spec(spec: BenchmarkSpec, where: str) -> None:
     bad = [p for p in e.pairs if p not in PAIRS]
     _require(not bad, f"{where}: evaluation.pairs", f"unknown pairs {bad} (valid: {PAIRS})")
     _require(e.backfill_fractions >= 2, f"{where}: evaluation.backfill_fractions", "must be >= 2")
+    bad = [m for m in e.backfill_modes if m not in BACKFILL_MODES]
+    _require(not bad, f"{where}: evaluation.backfill_modes", f"unknown modes {bad} (valid: {BACKFILL_MODES})")
     _require(len(spec.seeds) >= 1, f"{where}: seeds", "at least one seed")
     _require(
         (spec.sequential_steps > 1) == d.allocation.startswith("seq_"),

@@ -11,7 +11,8 @@ dataset names are hard-coded): ``cross`` = new→old (query by the row's model, 
 ``self`` = new→new; the ``old→old`` row shows M(old→old) in both. Cells aggregate seeds: mean, std (ddof=1) and
 n. Then per eval set the empirical compatibility flags of Shen et al. on the means, (a) cross > old→old and (b)
 self > old→old; AdvBCT's P_up, P_comp and P_1 (``evaluation.md`` §5.2); the backfilling AUC of the first
-eval set's primary metric (``mixed`` mode, ``random`` order; per run averaged over order seeds); the run flags.
+eval set's primary metric (``random`` order, per run averaged over order seeds), one column per backfilling mode
+present (``mixed``; ``merge`` = distance rank merge, evaluation.md §6.1); the run flags.
 
 P-metric convention: computed **per seed** from that seed's self/cross values against the seed-averaged
 old→old and φ* self-test means, then mean ± std over seeds (so the spread reflects the method only). φ* gets
@@ -45,6 +46,7 @@ SELF = ("new", "new")
 OLD = ("old", "old")
 P_COLUMNS = ("P_up", "P_comp", "P_1")
 AUC_MODE, AUC_ORDER = "mixed", "random"
+AUC_MODES = ("mixed", "merge")
 
 FRAME_COLUMNS = (
     "kind",
@@ -59,6 +61,7 @@ FRAME_COLUMNS = (
     "order",
     "order_seed",
     "fraction",
+    "backfill_mode",
 )
 
 __all__ = [
@@ -96,7 +99,8 @@ def results_frame(results: Iterable[RunResult]) -> pd.DataFrame:
       ``order_seed``; ``query_model``/``gallery_model`` empty);
     * ``kind="backfill_auc"``: one row per curve with its AUC (stored ``auc``, else the trapezoid AUC).
 
-    Every row carries ``benchmark, method, seed, flags`` (sorted, comma-joined) and its eval set's primary
+    Every row carries ``benchmark, method, seed, flags`` (sorted, comma-joined), ``backfill_mode`` (the run's
+    headline backfilling mode, ``curves["backfill_mode"]``, default ``mixed``) and its eval set's primary
     ``primary_protocol`` / ``primary_metric``. Row order follows the results and their metric order, which fixes
     the eval-set order of the leaderboard.
     """
@@ -104,6 +108,7 @@ def results_frame(results: Iterable[RunResult]) -> pd.DataFrame:
     for res in results:
         base = {"benchmark": res.benchmark, "method": res.method, "seed": int(res.seed)}
         base["flags"] = ",".join(sorted(set(res.flags)))
+        base["backfill_mode"] = str(res.curves.get("backfill_mode") or AUC_MODE)  # the method's headline mode
         primaries: dict[str, tuple[str | None, str | None]] = {}
 
         def prim(es: str, res: RunResult = res, primaries: dict = primaries) -> dict[str, Any]:
@@ -218,14 +223,18 @@ def leaderboard(df: pd.DataFrame) -> pd.DataFrame:
         paragon[es] = _stats(per_seed.get(PARAGON, {}).get(es, {}).get(SELF, {}).values())[0]
 
     auc_spec = eval_sets[0] if eval_sets else None
-    aucs = df[(df["kind"] == "backfill_auc") & (df["mode"] == AUC_MODE) & (df["order"] == AUC_ORDER)]
+    auc_rows = df[(df["kind"] == "backfill_auc") & (df["order"] == AUC_ORDER)]
     if auc_spec:
-        aucs = aucs[
-            (aucs["eval_set"] == auc_spec[0])
-            & (aucs["protocol"] == auc_spec[1])
-            & (aucs["metric"] == auc_spec[2])
+        auc_rows = auc_rows[
+            (auc_rows["eval_set"] == auc_spec[0])
+            & (auc_rows["protocol"] == auc_spec[1])
+            & (auc_rows["metric"] == auc_spec[2])
         ]
-    auc_col = f"AUC {auc_spec[0]} {auc_spec[1]} {auc_spec[2]} {AUC_MODE}/{AUC_ORDER}" if auc_spec else None
+    # one AUC column per backfilling mode present (mixed always, when there is an eval set)
+    auc_modes = [m for m in AUC_MODES if m == AUC_MODE or (auc_rows["mode"] == m).any()] if auc_spec else []
+    auc_cols = {
+        mode: f"AUC {auc_spec[0]} {auc_spec[1]} {auc_spec[2]} {mode}/{AUC_ORDER}" for mode in auc_modes
+    }
 
     def base_row(label: str, key: str, role: str, flags: str, seeds: int) -> dict[str, Any]:
         return {"method": label, "key": key, "role": role, "flags": flags, "seeds": seeds}
@@ -241,7 +250,7 @@ def leaderboard(df: pd.DataFrame) -> pd.DataFrame:
         ref[f"{es} self>old"] = None
     for col in P_COLUMNS:
         ref.update(dict(zip(_stat_cols(col), (math.nan, math.nan, 0), strict=True)))
-    if auc_col:
+    for auc_col in auc_cols.values():
         ref.update(dict(zip(_stat_cols(auc_col), (math.nan, math.nan, 0), strict=True)))
     rows.append(ref)
 
@@ -285,8 +294,8 @@ def leaderboard(df: pd.DataFrame) -> pd.DataFrame:
         for col in P_COLUMNS:
             row.update(dict(zip(_stat_cols(col), _stats(pvals[col]), strict=True)))
 
-        if auc_col:
-            mine = aucs[aucs["method"] == m]
+        for mode, auc_col in auc_cols.items():
+            mine = auc_rows[(auc_rows["method"] == m) & (auc_rows["mode"] == mode)]
             per_run = mine.groupby("seed", sort=True)["value"].mean() if len(mine) else []
             row.update(dict(zip(_stat_cols(auc_col), _stats(list(per_run)), strict=True)))
         rows.append(row)
@@ -480,7 +489,10 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def plot_leaderboard(
-    df: pd.DataFrame, out_dir: str | os.PathLike, lb: pd.DataFrame | None = None
+    df: pd.DataFrame,
+    out_dir: str | os.PathLike,
+    lb: pd.DataFrame | None = None,
+    curve_methods: Iterable[str] | None = None,
 ) -> list[Path]:
     """Write PNG plots from a :func:`load_results` frame (matplotlib Agg, no pyplot state); return their paths.
 
@@ -488,7 +500,10 @@ def plot_leaderboard(
     * ``self_cross.png``: self (new→new) and cross (new→old) bars per method, one panel per eval set, with the
       old→old line;
     * ``backfill_<eval_set>_<mode>_<order>.png``: primary-metric backfilling curves (×100) vs backfilled
-      fraction per method of the first eval set (mean over runs and order seeds, ± std band).
+      fraction per method of the first eval set (mean over runs and order seeds, ± std band);
+    * ``backfill_<eval_set>_headline.png``: each method's curve in its own backfilling mode (``mixed`` for BCT
+      methods, ``merge`` for ``independent`` = training-free distance rank merge and for online backfilling),
+      random order; ``curve_methods`` restricts it to those methods and names it ``..._headline_selected.png``.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -584,6 +599,43 @@ def plot_leaderboard(
             ax.set_title(f"backfilling {es} ({p}), {mode}/{order}")
             ax.legend(fontsize=7)
             paths.append(_save(fig, out / f"backfill_{_safe(es)}_{_safe(mode)}_{_safe(order)}.png"))
+
+        # 4. headline curves: every method in its own mode (all methods, plus the selection if one is given)
+        head = curves[(curves["mode"] == curves["backfill_mode"]) & (curves["order"] == AUC_ORDER)]
+        selections: list[list[str] | None] = [None]
+        if curve_methods is not None:
+            selections.append(list(curve_methods))
+            unknown = sorted(set(selections[1]) - set(head["method"]))
+            if unknown:
+                raise ConfigError(f"--curve-methods: no {AUC_ORDER}-order curves for {', '.join(unknown)}")
+        for selected in selections:
+            methods = selected if selected is not None else sorted(set(head["method"]))
+            if not methods:
+                continue
+            fig = figure(6.5, 4.5)
+            ax = fig.add_subplot()
+            for i, m in enumerate(methods):
+                mine = head[head["method"] == m]
+                g = mine.groupby("fraction", sort=True)["value"]
+                mean, std = g.mean() * 100, g.std(ddof=1).fillna(0.0) * 100
+                mode = str(mine["backfill_mode"].iloc[0])
+                ax.plot(
+                    mean.index,
+                    mean.to_numpy(),
+                    ls="--" if mode == "merge" else "-",
+                    marker="os^vDP*Xhp<>"[i % 12],
+                    ms=3,
+                    label=f"{m} ({mode})",
+                )
+                ax.fill_between(mean.index, (mean - std).to_numpy(), (mean + std).to_numpy(), alpha=0.12)
+            if len(ref) and math.isfinite(float(ref.iloc[0])):
+                ax.axhline(float(ref.iloc[0]) * 100, color="black", ls=":", lw=1, label=REFERENCE)
+            ax.set_xlabel("backfilled fraction of the gallery")
+            ax.set_ylabel(f"{met} ×100")
+            ax.set_title(f"backfilling {es} ({p}), each method in its mode, {AUC_ORDER} order")
+            ax.legend(fontsize=7)
+            suffix = "_selected" if selected is not None else ""
+            paths.append(_save(fig, out / f"backfill_{_safe(es)}_headline{suffix}.png"))
     return paths
 
 
@@ -720,11 +772,12 @@ def render(
     fmt: str = "md",
     out: str | os.PathLike | None = None,
     plots_dir: str | os.PathLike | None = None,
+    curve_methods: Iterable[str] | None = None,
 ) -> str:
     """Build the leaderboard of ``benchmark`` from ``results_root`` alone and return it as text.
 
     ``fmt``: ``md`` (alias ``markdown``), ``csv`` or ``latex`` (alias ``tex``). ``out``: also write the text
-    there. ``plots_dir``: also write the PNG plots there. Results of a sequential benchmark (they carry
+    there. ``plots_dir``: also write the PNG plots there (``curve_methods``: see :func:`plot_leaderboard`). Results of a sequential benchmark (they carry
     ``curves["sequential"]``) get the sequential view instead (:func:`sequential_leaderboard`; ``md`` or
     ``csv``, no plots). Raises :class:`~bctbench.errors.ConfigError` for an
     unknown format and :class:`~bctbench.errors.BCTBenchError` when the benchmark has no readable results.
@@ -745,7 +798,7 @@ def render(
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(text, encoding="utf-8")
     if plots_dir is not None:
-        plot_leaderboard(df, plots_dir, lb)
+        plot_leaderboard(df, plots_dir, lb, curve_methods=curve_methods)
     return text
 
 

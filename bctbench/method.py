@@ -152,7 +152,8 @@ class CompatibilityMethod(pl.LightningModule):
     """Base class of every compatibility method (see module docstring).
 
     Subclass metadata: ``name`` (registry key = file name), ``paper`` (citation + URL), ``reference_code``
-    (repository + file), ``needs_old_forward``, ``required_artifacts``, ``needs_custom_old_model``.
+    (repository + file), ``needs_old_forward``, ``required_artifacts``, ``needs_custom_old_model``,
+    ``handles_dim_mismatch``, ``backfill_mode``.
     """
 
     name: ClassVar[str] = ""
@@ -163,6 +164,10 @@ class CompatibilityMethod(pl.LightningModule):
     needs_custom_old_model: ClassVar[bool] = False
     #: True if the method handles ``embed_dim != old embed_dim`` itself (e.g. with a learned transform).
     handles_dim_mismatch: ClassVar[bool] = False
+    #: The backfilling mode the method is designed for (evaluation.md §6.1): ``"mixed"`` (new queries against a
+    #: gallery of old and new embeddings) or ``"merge"`` (distance rank merge of an old-space and a new-space
+    #: search). The evaluator computes every mode of the benchmark; this one is the method's headline curve.
+    backfill_mode: ClassVar[str] = "mixed"
 
     def __init__(self, setup: MethodSetup | Mapping[str, Any]) -> None:
         super().__init__()

@@ -390,7 +390,9 @@ def build_evaluator(
         num_workers=workers,
         device=_device(runtime),
         progress=runtime.progress,
-        backfill=BackfillSettings(n_fractions=e.backfill_fractions, seeds=e.backfill_seeds),
+        backfill=BackfillSettings(
+            n_fractions=e.backfill_fractions, seeds=e.backfill_seeds, modes=e.backfill_modes
+        ),
     )
 
 
@@ -560,7 +562,7 @@ def run(
         method=cls.name,
         seed=seed,
         metrics=report.rows,
-        curves={"backfill": report.curves},
+        curves={"backfill": report.curves, "backfill_mode": cls.backfill_mode},
         primary=report.primary,
         method_hparams=_jsonable(hparams),
         flags=_flags(cls, hparams, spec),
@@ -829,6 +831,87 @@ def evaluate_checkpoint(ctx: RunContext, checkpoint: str, runtime: Runtime | Non
     cls = get_method(name)
     model = cls.load_from_checkpoint(path, map_location="cpu")
     return build_evaluator(ctx, runtime).evaluate(model.encoders()) if hparams is not None else None
+
+
+def reevaluate(ctx: RunContext, method_name: str, *, seed: int, runtime: Runtime | None = None):
+    """Re-score a finished run with the benchmark's current evaluation protocol, without retraining.
+
+    Loads the run's last checkpoint from the cache, checks that everything but the ``evaluation`` section of
+    the spec is what the run was trained with and that the old model is the same, evaluates again and rewrites
+    ``results/<benchmark>/<method>/seed<k>.json`` (atomically): metrics, curves and ``benchmark_sha256`` are
+    replaced, training provenance (git, env, hyperparameters, fit timings) is kept, and
+    ``eval_variants["reevaluated"]`` records when, with which code and from which spec sha256.
+    """
+    from bctbench.registry import get_method
+    from bctbench.results import collect_provenance, read_result, result_path, write_result
+
+    runtime = runtime or Runtime()
+    spec = ctx.spec
+    if spec.sequential_steps > 1:
+        raise ConfigError(f"{spec.name}: reevaluate supports single-step benchmarks only")
+    cls = get_method(method_name)
+    path = result_path(ctx.results_root, spec.name, cls.name, seed)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no result to re-evaluate")
+    previous = read_result(path)
+    run_dir = ctx.run_dir(cls.name, seed)
+    ckpt, config_path = run_dir / "checkpoints" / "last.ckpt", run_dir / "config.json"
+    if not ckpt.is_file() or not config_path.is_file():
+        raise CheckpointError(f"{ckpt}: the run's checkpoint is not in the cache; run it again instead")
+    trained = json.loads(config_path.read_text())
+    current = json.loads(json.dumps(spec.to_dict(), default=str))
+    changed = sorted(
+        k
+        for k in set(current) | set(trained["spec"])
+        if k != "evaluation" and current.get(k) != trained["spec"].get(k)
+    )
+    if changed:
+        raise ConfigError(
+            f"{config_path}: the run was trained with a different spec ({', '.join(changed)} changed); "
+            "only the evaluation section may differ — run it again instead"
+        )
+    ensure_dataset(ctx)
+    dataset_sha256 = dataset_fingerprint(ctx)
+    if previous.eval_variants.get("dataset_sha256") not in (None, dataset_sha256):
+        raise ConfigError(f"{path}: the dataset changed since this run (tree sha256); run it again instead")
+    old_ref = ensure_old_model(ctx, runtime)
+    if previous.old_checkpoint_sha256 != old_ref.sha256:
+        raise CheckpointError(
+            f"{path}: trained against old model {previous.old_checkpoint_sha256}, the cache holds {old_ref.sha256}"
+        )
+    _cpu_threads(ctx, runtime)
+    model = cls.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False)
+    model.eval()
+    t0 = time.time()
+    orders = model.backfill_orders() if hasattr(model, "backfill_orders") else None
+    report = build_evaluator(ctx, runtime).evaluate(model.encoders(), backfill_orders=orders)
+    prior = previous.eval_variants.get("reevaluated", {})
+    variants = _eval_variants(spec, dataset_sha256)
+    variants["reevaluated"] = {
+        "at": _dt_now(),
+        "git": collect_provenance().get("git", {}),
+        "trained_with_benchmark_sha256": prior.get(
+            "trained_with_benchmark_sha256", previous.benchmark_sha256
+        ),
+    }
+    result = dataclasses.replace(
+        previous,
+        metrics=report.rows,
+        curves={**previous.curves, "backfill": report.curves, "backfill_mode": cls.backfill_mode},
+        primary=report.primary,
+        benchmark_sha256=spec.sha256,
+        eval_variants=variants,
+        timings={**previous.timings, "evaluate": time.time() - t0},
+    )
+    out = write_result(result, ctx.results_root)
+    log.info("result re-evaluated: %s", out)
+    return result
+
+
+def _dt_now() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
 def _method_from_path(path: Path) -> str:

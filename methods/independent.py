@@ -2,7 +2,8 @@
 
 L = CE(W_n φ_n(x), y) (methods.md §3, [official code]: the φ* rows of the AdvBCT table). It is the reference
 row of the leaderboard: P_up/P_comp and the update gain are measured against its new→new mAP, and its
-new→old mAP shows what "no compatibility" looks like (near chance).
+new→old mAP shows what "no compatibility" looks like (near chance). Its backfilling mode is ``merge``
+(training-free distance rank merge, evaluation.md §6.1): a gallery mixing incompatible spaces is meaningless.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ class Independent(CompatibilityMethod):
     )
     reference_code = "Ashespt/AdvBCT trainer/trainer.py (base trainer without COMP_LOSS)"
     needs_old_forward = False
+    backfill_mode = "merge"
 
     def __init__(self, setup: MethodSetup) -> None:
         super().__init__(setup)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -208,3 +209,33 @@ def test_dataset_regenerated_during_a_run_is_an_error(capsys, smoke_roots, monke
     )
     assert code == 2 and "regenerated while this run used it" in err
     assert not result_path(smoke_roots["--results-root"], "smoke", "independent", 7).exists()
+
+
+def test_reevaluate_rescores_a_finished_run_without_retraining(capsys, smoke_roots):
+    path = result_path(smoke_roots["--results-root"], "smoke", "bct", 0)
+    before = read_result(path)
+    code, out, err = _run(
+        capsys, "reevaluate", "--benchmark", "smoke", "--methods", "bct", "--no-wandb", *_roots(smoke_roots)
+    )
+    assert code == 0, err
+    after = read_result(path)
+    assert after.metrics == before.metrics  # same checkpoint, same protocol: identical numbers
+    assert after.timings["fit"] == before.timings["fit"] and after.git == before.git
+    assert after.eval_variants["reevaluated"]["trained_with_benchmark_sha256"] == before.benchmark_sha256
+    assert {c["mode"] for c in after.curves["backfill"]} == {"mixed", "merge"}
+    assert after.curves["backfill_mode"] == "mixed"
+
+    # a run trained under another recipe is refused, and its result is left as it was
+    config = Path(smoke_roots["--cache-root"]) / "runs" / "smoke" / "bct" / "seed0" / "config.json"
+    saved = config.read_text()
+    data = json.loads(saved)
+    data["spec"]["training"]["epochs"] += 1
+    config.write_text(json.dumps(data))
+    try:
+        code, _, err = _run(
+            capsys, "reevaluate", "--benchmark", "smoke", "--methods", "bct", *_roots(smoke_roots)
+        )
+    finally:
+        config.write_text(saved)
+    assert code == 1 and "training changed" in err and "run it again" in err
+    assert read_result(path).to_dict() == after.to_dict()

@@ -48,7 +48,7 @@ class CompatibilityReport:
         }
 
     def value(self, eval_set: str, protocol: str, pair: str, metric: str) -> float:
-        q, g = pair.split("-")
+        q, g = pair.rsplit("-", 1)  # query models may be transformations such as "new->old"
         for r in self.rows:
             if (r["eval_set"], r["protocol"], r["query_model"], r["gallery_model"], r["metric"]) == (
                 eval_set,
@@ -75,7 +75,7 @@ class BackfillSettings:
 
     n_fractions: int = 11
     seeds: Sequence[int] = (0,)
-    modes: Sequence[str] = ("mixed",)
+    modes: Sequence[str] = ("mixed", "merge")
     enabled: bool = True
 
 
@@ -149,20 +149,25 @@ class CompatibilityEvaluator:
     ) -> CompatibilityReport:
         """Evaluate ``encoders`` (``{"old": ..., "new": ..., ...}``) on every eval set.
 
+        Besides the benchmark's pairs, every transformation encoder named ``"<a>-><b>"`` whose target ``b`` is
+        an encoder (e.g. online backfilling's ``"new->old"`` = ψ∘φ_n) is scored as a query against ``b``'s
+        gallery, and serves as the old-space query of merge-mode backfilling (``old`` otherwise).
+
         ``backfill_orders``: extra named orders, each a callable ``(eval_set, gallery_features_by_model) ->
         int64[N]`` permutation (e.g. Hot-refresh's uncertainty order), used besides the seeded random orders.
         """
         report = CompatibilityReport()
-        needed = sorted({m for pair in self.pairs for m in pair})
+        pairs = list(self.pairs) + transformation_pairs(encoders)
+        needed = sorted({m for pair in pairs for m in pair})
         missing = [m for m in needed if m not in encoders]
         if missing:
             raise EvaluationError(f"encoders missing for {missing} (given: {sorted(encoders)})")
         for es in self.eval_sets:
             report.primary[es.name] = [es.primary_protocol, es.primary_metric]
             q_feats = {m: self.features(encoders[m], es, "query") for m in needed}
-            g_feats = {m: self.features(encoders[m], es, "gallery") for m in needed}
+            g_feats = {m: self.features(encoders[m], es, "gallery") for m in needed if "->" not in m}
             top1_old = None
-            for q, g in self.pairs:
+            for q, g in pairs:
                 if q_feats[q].shape[1] != g_feats[g].shape[1]:
                     raise EvaluationError(
                         f"{es.name}: {q}->{g} query dim {q_feats[q].shape[1]} != gallery dim {g_feats[g].shape[1]}"
@@ -187,8 +192,6 @@ class CompatibilityEvaluator:
         return report
 
     def _curves(self, es, q_feats, g_feats, top1_old, extra_orders) -> list[dict]:
-        if q_feats["new"].shape[1] != g_feats["old"].shape[1]:
-            return []  # no shared space: the method has no mixed-gallery backfilling
         n = g_feats["old"].shape[0]
         orders: list[tuple[str, int | None, np.ndarray]] = [
             ("random", s, random_order(n, s)) for s in self.backfill.seeds
@@ -196,8 +199,13 @@ class CompatibilityEvaluator:
         for name, fn in extra_orders.items():
             orders.append((name, None, np.asarray(fn(es, g_feats), dtype=np.int64)))
         fractions = np.round(np.linspace(0, 1, self.backfill.n_fractions), 10)
+        merge_query = "new->old" if "new->old" in q_feats else "old"
         out = []
         for mode in self.backfill.modes:
+            if mode == "mixed" and q_feats["new"].shape[1] != g_feats["old"].shape[1]:
+                continue  # no shared space: the method has no mixed-gallery backfilling
+            if mode == "merge" and merge_query not in q_feats:
+                continue  # the pairs never asked for old-space query features
             for name, seed, order in orders:
                 curves = backfill_curves(
                     es,
@@ -209,8 +217,23 @@ class CompatibilityEvaluator:
                     order_seed=seed,
                     fractions=fractions,
                     mode=mode,
-                    query_old=q_feats.get("old"),
+                    query_old=q_feats.get(merge_query),
                     old_top1=top1_old,
                 )
-                out.extend(c.to_dict() for c in curves)
+                for c in curves:
+                    d = c.to_dict()
+                    if mode == "merge":
+                        d["old_space_query"] = merge_query
+                    out.append(d)
         return out
+
+
+def transformation_pairs(encoders: Mapping) -> list[tuple[str, str]]:
+    """``[("a->b", "b"), ...]`` for every encoder named ``"a->b"`` whose target ``b`` is also an encoder."""
+    out = []
+    for name in sorted(encoders):
+        if "->" in name:
+            target = name.split("->", 1)[1]
+            if target in encoders:
+                out.append((name, target))
+    return out

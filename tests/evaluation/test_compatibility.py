@@ -90,10 +90,45 @@ def test_rows_pairs_and_metric_keys(images, tmp_path):
     assert {r["protocol"] for r in report.rows if r["eval_set"] == "toy"} == {"easy", "medium", "hard"}
     assert report.primary == {"toy": ["medium", "mAP"], "toygl": ["private", "mAP@10"]}
     curves = [c for c in report.curves if c["eval_set"] == "toy" and c["protocol"] == "medium"]
-    assert [c["order_seed"] for c in curves] == [0, 1]
-    assert curves[0]["values"][0] == pytest.approx(report.value("toy", "medium", "new-old", "mAP"))
-    assert curves[0]["values"][-1] == pytest.approx(report.value("toy", "medium", "new-new", "mAP"))
-    assert curves[0]["nfr"] == [0.0] * 11  # identical models: no negative flips
+    assert [(c["mode"], c["order_seed"]) for c in curves] == [
+        ("mixed", 0),
+        ("mixed", 1),
+        ("merge", 0),
+        ("merge", 1),
+    ]
+    mixed, merge = curves[0], curves[2]
+    assert mixed["values"][0] == report.value("toy", "medium", "new-old", "mAP")
+    assert mixed["values"][-1] == report.value("toy", "medium", "new-new", "mAP")
+    assert merge["values"][0] == report.value("toy", "medium", "old-old", "mAP")
+    assert merge["values"][-1] == report.value("toy", "medium", "new-new", "mAP")
+    assert merge["old_space_query"] == "old"
+    for c in curves:
+        assert c["nfr"] == [0.0] * 11  # identical models: no negative flips
+
+
+def test_transformation_encoder_is_scored_and_queries_the_old_space_in_merge_mode(images, tmp_path):
+    """An encoder named "new->old" (e.g. online backfilling's ψ∘φ_n) is scored against the old gallery and is
+    the old-space query of merge mode, so the merge curve starts at its cross-test and ends at new→new."""
+    ev = _evaluator([_revisited(images)], tmp_path)
+    torch.manual_seed(0)
+    old, new, psi = MeanColour(), MeanColour(rotate=True), MeanColour(dim=5)
+    report = ev.evaluate(
+        {"old": Encoder(old, "old:a"), "new": Encoder(new, "new:rot"), "new->old": Encoder(new, "psi:rot")}
+    )
+    rows = {(r["query_model"], r["gallery_model"]) for r in report.rows}
+    assert ("new->old", "old") in rows and ("new->old", "new") not in rows
+    assert report.value("toy", "medium", "new->old-old", "mAP") < report.value(
+        "toy", "medium", "old-old", "mAP"
+    )
+    assert "test/toy/medium/new->old-old/mAP" in report.metric_dict()
+    (merge,) = [c for c in report.curves if c["protocol"] == "medium" and c["mode"] == "merge"]
+    assert merge["old_space_query"] == "new->old"
+    assert merge["values"][0] == report.value("toy", "medium", "new->old-old", "mAP")
+    assert merge["values"][-1] == report.value("toy", "medium", "new-new", "mAP")
+    # a new space of another dimension has no mixed gallery: merge curves only
+    ev = _evaluator([_revisited(images)], tmp_path, pairs=("old-old", "new-new"))
+    report = ev.evaluate({"old": Encoder(old, "old:a"), "new": Encoder(psi, "new:5d")})
+    assert {c["mode"] for c in report.curves} == {"merge"}
 
 
 def test_incompatible_spaces_give_low_cross_test_and_cache_is_reused(images, tmp_path):
@@ -171,7 +206,7 @@ def test_curve_endpoints_merge_mode(images):
         )
         if c.protocol == "medium"
     ]
-    assert curve.values[0] == pytest.approx(es.score(rank(q_old, g_old))["medium"]["mAP"])
-    assert curve.values[-1] == pytest.approx(es.score(rank(q_new, g_new))["medium"]["mAP"])
+    assert curve.values[0] == es.score(rank(q_old, g_old))["medium"]["mAP"]  # exactly old→old
+    assert curve.values[-1] == es.score(rank(q_new, g_new))["medium"]["mAP"]  # exactly new→new
     with pytest.raises(EvaluationError, match="not a permutation"):
         backfill_curves(es, q_new, g_old, g_new, np.zeros(N_DB, np.int64), order_name="bad")

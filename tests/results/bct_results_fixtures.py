@@ -65,12 +65,34 @@ def make_result(method: str, seed: int) -> RunResult:
                 "auc": round(auc, 8),
             }
         )
+    backfill_mode = "mixed"
+    if method == "independent":  # training-free distance rank merge: from old→old up to new→new
+        backfill_mode = "merge"
+        values = [round(OLD_SELF["rsynth"] + (self_ - OLD_SELF["rsynth"]) * t**2, 6) for t in FRACTIONS]
+        auc = sum(
+            (b - a) * (x + y) / 2
+            for a, b, x, y in zip(FRACTIONS, FRACTIONS[1:], values, values[1:], strict=False)
+        )
+        curves.append(
+            {
+                "eval_set": "rsynth",
+                "protocol": "medium",
+                "metric": "mAP",
+                "mode": "merge",
+                "order": "random",
+                "order_seed": 0,
+                "fractions": FRACTIONS,
+                "values": values,
+                "auc": round(auc, 8),
+                "old_space_query": "old",
+            }
+        )
     return RunResult(
         benchmark=BENCH,
         method=method,
         seed=seed,
         metrics=metrics,
-        curves={"backfill": curves},
+        curves={"backfill": curves, "backfill_mode": backfill_mode},
         primary=PRIMARY,
         method_hparams={"lr": 0.01, "lambda": 1.0},
         flags=list(flags),

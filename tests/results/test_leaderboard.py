@@ -89,6 +89,8 @@ def test_plots(frame: pd.DataFrame, tmp_path: Path) -> None:
     paths = plot_leaderboard(frame, tmp_path / "plots")
     names = sorted(p.name for p in paths)
     assert names == [
+        "backfill_rsynth_headline.png",
+        "backfill_rsynth_merge_random.png",
         "backfill_rsynth_mixed_random.png",
         "backfill_rsynth_mixed_uncertainty.png",
         "p_up_vs_p_comp.png",
@@ -98,11 +100,25 @@ def test_plots(frame: pd.DataFrame, tmp_path: Path) -> None:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000
 
 
+def test_headline_backfill_curves_use_each_methods_own_mode(frame: pd.DataFrame, tmp_path: Path) -> None:
+    head = frame[(frame["kind"] == "backfill_auc") & (frame["mode"] == frame["backfill_mode"])]
+    assert set(zip(head["method"], head["mode"], strict=True)) == {
+        ("independent", "merge"),
+        ("bct", "mixed"),
+        ("l2", "mixed"),
+        ("advbct", "mixed"),
+    }
+    paths = plot_leaderboard(frame, tmp_path / "plots", curve_methods=["independent", "bct"])
+    assert "backfill_rsynth_headline_selected.png" in {p.name for p in paths}
+    with pytest.raises(ConfigError, match="no random-order curves for nosuch"):
+        plot_leaderboard(frame, tmp_path / "plots", curve_methods=["bct", "nosuch"])
+
+
 def test_render(results_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "lb.md"
     text = render(results_root, BENCH, fmt="md", out=out, plots_dir=tmp_path / "p")
     assert out.read_text() == text == GOLDEN.read_text(encoding="utf-8")
-    assert len(list((tmp_path / "p").glob("*.png"))) == 4
+    assert len(list((tmp_path / "p").glob("*.png"))) == 6
     assert render(results_root, BENCH, fmt="csv").startswith("method,key,role,flags,seeds,")
     with pytest.raises(ConfigError, match="unknown leaderboard format 'html'"):
         render(results_root, BENCH, fmt="html")
