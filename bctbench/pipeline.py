@@ -12,6 +12,7 @@ import inspect
 import json
 import logging
 import os
+import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -411,6 +412,20 @@ def _artifact_store(ctx: RunContext, model, dm, runtime: Runtime):
     )
 
 
+def _resume_path(run_dir: Path, resume: bool) -> str | None:
+    """The checkpoint to resume from (``--resume``), else None after removing a previous run's checkpoints, so
+    that ``last.ckpt`` is always this run's (Lightning would otherwise write ``last-v1.ckpt`` beside it)."""
+    ckpt_dir = run_dir / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    if resume:
+        if last.is_file():
+            return str(last)
+        log.warning("--resume: no checkpoint at %s; training from scratch", last)
+    if ckpt_dir.is_dir():
+        shutil.rmtree(ckpt_dir)
+    return None
+
+
 def _callbacks(run_dir: Path, with_lr_monitor: bool) -> list:
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
@@ -422,6 +437,7 @@ def _callbacks(run_dir: Path, with_lr_monitor: bool) -> list:
             save_last=True,
             save_top_k=-1,
             every_n_epochs=1,
+            enable_version_counter=False,
         )
     ]
     if with_lr_monitor:
@@ -535,10 +551,7 @@ def run(
         logger=logger,
         callbacks=_callbacks(run_dir, with_lr_monitor=True),
     )
-    last = run_dir / "checkpoints" / "last.ckpt"
-    ckpt_path = str(last) if runtime.resume and last.is_file() else None
-    if runtime.resume and ckpt_path is None:
-        log.warning("--resume: no checkpoint at %s; training from scratch", last)
+    ckpt_path = _resume_path(run_dir, runtime.resume)
     t0 = time.time()
     _fit(trainer, model, dm, ckpt_path)
     timings["fit"] = time.time() - t0
@@ -548,7 +561,8 @@ def run(
     t0 = time.time()
     evaluator = build_evaluator(ctx, runtime)
     orders = model.backfill_orders() if hasattr(model, "backfill_orders") else None
-    report = evaluator.evaluate(model.encoders(), backfill_orders=orders)
+    encoders = model.encoders()
+    report = evaluator.evaluate(encoders, backfill_orders=orders)
     timings["evaluate"] = time.time() - t0
     if dataset_fingerprint(ctx) != dataset_sha256:
         raise BCTBenchError(
@@ -571,7 +585,7 @@ def run(
         split_sha256=split_sha256(ctx),
         git=prov.get("git", {}),
         env=prov.get("env", {}),
-        eval_variants=_eval_variants(spec, dataset_sha256),
+        eval_variants={**_eval_variants(spec, dataset_sha256), "encoders": _identities(encoders)},
         wandb_run=getattr(logger, "version", None) if logger.__class__.__name__ == "WandbLogger" else None,
         timings=timings,
     )
@@ -654,8 +668,7 @@ def train_generation(
         logger=CSVLogger(str(gen_dir), name="logs"),
         callbacks=_callbacks(gen_dir, with_lr_monitor=True),
     )
-    last = gen_dir / "checkpoints" / "last.ckpt"
-    ckpt_path = str(last) if runtime.resume and last.is_file() else None
+    ckpt_path = _resume_path(gen_dir, runtime.resume)
     log.info(
         "training generation %d of %s (seed %d) on upgrade %d -> %d", step, cls.name, seed, step - 1, step
     )
@@ -883,10 +896,29 @@ def reevaluate(ctx: RunContext, method_name: str, *, seed: int, runtime: Runtime
     model = cls.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False)
     model.eval()
     t0 = time.time()
+    encoders = model.encoders()
+    recorded = previous.eval_variants.get("encoders")
+    if recorded is not None and recorded.get("new") != encoders["new"].identity:
+        raise CheckpointError(
+            f"{ckpt}: new-model weights ({encoders['new'].identity}) are not those the result was computed with "
+            f"({recorded.get('new')}); run it again instead"
+        )
     orders = model.backfill_orders() if hasattr(model, "backfill_orders") else None
-    report = build_evaluator(ctx, runtime).evaluate(model.encoders(), backfill_orders=orders)
+    report = build_evaluator(ctx, runtime).evaluate(encoders, backfill_orders=orders)
+    if recorded is None:  # older results do not record encoder identities: their self-test must reproduce
+        before = {
+            _row_key(r): r["value"]
+            for r in previous.metrics
+            if r["query_model"] == "new" == r["gallery_model"]
+        }
+        after = {_row_key(r): r["value"] for r in report.rows}
+        if any(k in after and after[k] != v for k, v in before.items()):
+            raise CheckpointError(
+                f"{ckpt}: the checkpoint does not reproduce the result's new→new metrics (it is not the model "
+                "the result was computed with); run it again instead"
+            )
     prior = previous.eval_variants.get("reevaluated", {})
-    variants = _eval_variants(spec, dataset_sha256)
+    variants = {**_eval_variants(spec, dataset_sha256), "encoders": _identities(encoders)}
     variants["reevaluated"] = {
         "at": _dt_now(),
         "git": collect_provenance().get("git", {}),
@@ -906,6 +938,15 @@ def reevaluate(ctx: RunContext, method_name: str, *, seed: int, runtime: Runtime
     out = write_result(result, ctx.results_root)
     log.info("result re-evaluated: %s", out)
     return result
+
+
+def _row_key(row: dict) -> tuple:
+    return row["eval_set"], row["protocol"], row["query_model"], row["gallery_model"], row["metric"]
+
+
+def _identities(encoders) -> dict[str, str]:
+    """``{encoder name: identity}`` (identities change with the weights: they pin the evaluated model)."""
+    return {name: str(enc.identity) for name, enc in sorted(encoders.items())}
 
 
 def _dt_now() -> str:

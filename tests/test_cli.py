@@ -239,3 +239,42 @@ def test_reevaluate_rescores_a_finished_run_without_retraining(capsys, smoke_roo
         config.write_text(saved)
     assert code == 1 and "training changed" in err and "run it again" in err
     assert read_result(path).to_dict() == after.to_dict()
+
+
+def test_reevaluate_refuses_a_checkpoint_that_is_not_the_results_model(capsys, smoke_roots):
+    path = result_path(smoke_roots["--results-root"], "smoke", "bct", 0)
+    saved = path.read_text()
+    data = json.loads(saved)
+    assert data["eval_variants"]["encoders"]["new"].startswith("bct:")
+    data["eval_variants"]["encoders"]["new"] = "bct:0000"
+    path.write_text(json.dumps(data))
+    try:
+        code, _, err = _run(
+            capsys, "reevaluate", "--benchmark", "smoke", "--methods", "bct", *_roots(smoke_roots)
+        )
+        assert code == 1 and "are not those the result was computed with" in err
+        del data["eval_variants"]["encoders"]  # an older result: its new→new rows must reproduce
+        data["metrics"] = [
+            {**r, "value": 0.5} if (r["query_model"], r["gallery_model"]) == ("new", "new") else r
+            for r in data["metrics"]
+        ]
+        path.write_text(json.dumps(data))
+        code, _, err = _run(
+            capsys, "reevaluate", "--benchmark", "smoke", "--methods", "bct", *_roots(smoke_roots)
+        )
+        assert code == 1 and "does not reproduce the result's new→new metrics" in err
+    finally:
+        path.write_text(saved)
+
+
+def test_fresh_run_replaces_a_previous_runs_checkpoints(tmp_path):
+    from bctbench.pipeline import _resume_path
+
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    (ckpts / "last.ckpt").write_text("previous run")
+    assert _resume_path(tmp_path, resume=True) == str(ckpts / "last.ckpt")
+    assert ckpts.is_dir()
+    assert _resume_path(tmp_path, resume=False) is None
+    assert not ckpts.exists()  # Lightning would otherwise write last-v1.ckpt and leave a stale last.ckpt
+    assert _resume_path(tmp_path, resume=True) is None
