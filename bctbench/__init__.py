@@ -15,6 +15,7 @@ from bctbench.method import (
     ModelOutput,
     NonFiniteLossError,
     build_optimizer,
+    module_digest,
 )
 from bctbench.perturbation import PseudoOldPrototypeMethod
 from bctbench.registry import get_method, list_methods, register_method
@@ -38,6 +39,7 @@ __all__ = [
     "build_optimizer",
     "get_method",
     "list_methods",
+    "module_digest",
     "order_from_scores",
     "register_method",
 ]

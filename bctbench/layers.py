@@ -1,7 +1,9 @@
-"""Small reusable layers: gradient reversal, the DANN schedule and the AdvBCT discriminator head.
+"""Small reusable layers: gradient reversal, the DANN schedule, the AdvBCT discriminator head and the online
+backfilling reverse transformation.
 
-Everything here implements ``methods.md`` §9.1 (AdvBCT adversarial part) **[official code: Ashespt/AdvBCT
+The first four implement ``methods.md`` §9.1 (AdvBCT adversarial part) **[official code: Ashespt/AdvBCT
 ``models/modules.py``, ``models/base_model.py``, ``trainer/trainer.py``]**, re-written for bctbench.
+:class:`ReverseTransform` is the ψ module of §12.1 **[reconstruction]** (Seo et al. publish no code).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ __all__ = [
     "dann_alpha",
     "adv_epoch_weight",
     "Discriminator",
+    "ReverseTransform",
 ]
 
 
@@ -106,3 +109,43 @@ class Discriminator(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+
+class ReverseTransform(nn.Module):
+    """Reverse query transformation ψ: new space → old space (§12.1 [reconstruction]).
+
+    Linear(in_dim, hidden) → BatchNorm1d(hidden) → ReLU → Linear(hidden, out_dim), plus an identity skip
+    (ψ(x) = x + MLP(x)) when ``in_dim == out_dim``. Input ``Tensor[B, in_dim]``, output ``Tensor[B, out_dim]``
+    (not normalised). Also used for the optional new-side module h (``in_dim == out_dim``).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int = 1024) -> None:
+        super().__init__()
+        self.in_dim, self.out_dim, self.hidden = int(in_dim), int(out_dim), int(hidden)
+        self.skip = self.in_dim == self.out_dim
+        self.mlp = nn.Sequential(
+            nn.Linear(self.in_dim, self.hidden),
+            nn.BatchNorm1d(self.hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(self.hidden, self.out_dim),
+        )
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Re-initialise like PyTorch's defaults (Linear: U(±1/√fan_in) for weight and bias; BN: γ = 1, β = 0,
+        fresh running statistics), drawing from ``generator`` (the global RNG when None)."""
+        for m in self.mlp:
+            if isinstance(m, nn.Linear):
+                bound = 1.0 / math.sqrt(m.in_features)
+                with torch.no_grad():
+                    # CPU generators draw on the CPU, then copy (works for parameters on any device)
+                    m.weight.copy_(torch.empty(m.weight.shape).uniform_(-bound, bound, generator=generator))
+                    m.bias.copy_(torch.empty(m.bias.shape).uniform_(-bound, bound, generator=generator))
+            elif isinstance(m, nn.BatchNorm1d):
+                m.reset_parameters()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.mlp(x)
+        return x + out if self.skip else out
+
+    def extra_repr(self) -> str:
+        return f"in_dim={self.in_dim}, out_dim={self.out_dim}, hidden={self.hidden}, skip={self.skip}"

@@ -38,6 +38,8 @@ __all__ = [
     "elastic_p2s_loss",
     "adversarial_discriminator_loss",
     "prototype_ce_loss",
+    "reverse_transform_loss",
+    "metric_compatible_loss",
 ]
 
 MASK_VALUE = 1e9
@@ -570,3 +572,106 @@ def prototype_ce_loss(embedding_n: Tensor, prototypes_n: Tensor, targets: Tensor
         targets = targets.long()
         per_sample = F.cross_entropy(logits, targets.clamp(min=0), reduction="none")
         return _masked_mean(per_sample, targets >= 0)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# §12 online backfilling (Seo et al.): reverse query transformation and metric-compatible contrastive loss
+# --------------------------------------------------------------------------------------------------------------
+
+
+def reverse_transform_loss(q_old: Tensor, g_old: Tensor) -> Tensor:
+    """Reverse-transformation loss L_rev = (1/B) Σ_i ‖q^o_i − g^o_i‖² (§12.1 [reconstruction]).
+
+    Args:
+        q_old: ``Tensor[B, d_o]`` L2-normalised transformed new features normalise(ψ(φ*(x_i))) (carry the
+            gradient; not re-normalised here).
+        g_old: ``Tensor[B, d_o]`` L2-normalised old features normalise(φ_o(x_i)) of the same rows (detached here).
+
+    Returns:
+        Scalar (float32; float64 for float64 inputs), computed with autocast off. A graph-connected 0 for B = 0.
+    """
+    if q_old.shape != g_old.shape:
+        raise ValueError(
+            f"q_old {tuple(q_old.shape)} and g_old {tuple(g_old.shape)} must have the same shape"
+        )
+    dt = _dt(q_old)
+    if q_old.shape[0] == 0:
+        return q_old.to(dt).sum() * 0.0
+    with _fp32(q_old):
+        diff = q_old.to(dt) - g_old.detach().to(dt)
+        return (diff * diff).sum(dim=1).mean()
+
+
+def metric_compatible_loss(
+    q_old: Tensor,
+    g_old: Tensor,
+    q_new: Tensor,
+    labels: Tensor,
+    *,
+    temperature: float = 0.05,
+    hard_negatives: int | None = None,
+) -> Tensor:
+    """Metric-compatible supervised contrastive loss L_mc over candidates of both spaces (§12.1 [reconstruction]).
+
+    For anchor i, the candidates are the old-space items (o, j) for **every** j of the batch (j = i included)
+    with similarity ⟨q^o_i, g^o_j⟩, and the new-space items (n, j) for j ≠ i with similarity ⟨q^n_i, q^n_j⟩.
+    Positives P_i are the candidates with y_j = y_i ((o, i) is always one, so |P_i| ≥ 1). One softmax at
+    temperature τ runs over all candidates of both spaces, which makes old-space and new-space similarities
+    directly comparable:
+
+        L_mc = (1/B) Σ_i (−1/|P_i|) Σ_{p∈P_i} log[exp(sim_p/τ) / Σ_{c∈C_i} exp(sim_c/τ)].
+
+    Vectorised as ``[B, 2B]`` logits (columns 0..B−1: old space, B..2B−1: new space) with excluded candidates
+    set to −inf before the log-softmax (no NaN: every row keeps its (o, i) positive). Computed in float32
+    (float64 for float64 inputs) with autocast off.
+
+    Args:
+        q_old: ``Tensor[B, d_o]`` L2-normalised anchors in the old space, normalise(ψ(φ*(x_i))) (gradient flows).
+        g_old: ``Tensor[B, d_o]`` L2-normalised frozen old features normalise(φ_o(x_j)) (detached here).
+        q_new: ``Tensor[B, d_n]`` L2-normalised new features (normalise(h(φ*)) or normalise(φ*)); they are both
+            the anchors and the new-space candidates g^n_j = q^n_j, and the gradient flows through both roles.
+        labels: ``int64[B]`` class labels y.
+        temperature: τ (0.05).
+        hard_negatives: k: keep only the k most similar negatives **per space** for every anchor (ties broken
+            by ``torch.topk``); all positives are kept. ``None`` (default) keeps every negative; k ≥ B is
+            the same as ``None``.
+
+    Returns:
+        Scalar loss; a graph-connected 0 for B = 0.
+    """
+    b = q_old.shape[0]
+    if g_old.shape != q_old.shape or q_new.shape[0] != b or labels.shape[0] != b:
+        raise ValueError(
+            f"shape mismatch: q_old {tuple(q_old.shape)}, g_old {tuple(g_old.shape)}, "
+            f"q_new {tuple(q_new.shape)}, labels {tuple(labels.shape)}"
+        )
+    if hard_negatives is not None and hard_negatives < 0:
+        raise ValueError(f"hard_negatives must be >= 0 or None, got {hard_negatives}")
+    dt = _dt(q_old)
+    if b == 0:
+        return q_old.to(dt).sum() * 0.0 + q_new.to(dt).sum() * 0.0
+    with _fp32(q_old):
+        qo = q_old.to(dt)
+        go = g_old.detach().to(dt)
+        qn = q_new.to(dt)
+        sim = torch.cat([qo @ go.T, qn @ qn.T], dim=1)  # [B, 2B]
+        y = labels.to(qo.device).long()
+        same = y.unsqueeze(1) == y.unsqueeze(0)  # [B, B]
+        eye = torch.eye(b, dtype=torch.bool, device=qo.device)
+        valid = torch.cat([torch.ones_like(same), ~eye], dim=1)  # C_i
+        positive = torch.cat([same, same & ~eye], dim=1)  # P_i
+        if hard_negatives is not None:
+            negative = valid & ~positive
+            keep_neg = torch.zeros_like(negative)
+            k = min(int(hard_negatives), b)
+            if k > 0:
+                for block in (slice(0, b), slice(b, 2 * b)):
+                    neg_sim = sim[:, block].detach().masked_fill(~negative[:, block], float("-inf"))
+                    top = torch.topk(neg_sim, k, dim=1).indices
+                    chosen = torch.zeros_like(negative[:, block]).scatter_(1, top, True)
+                    keep_neg[:, block] = chosen & negative[:, block]
+            valid = positive | keep_neg
+        logits = (sim / temperature).masked_fill(~valid, float("-inf"))
+        log_prob = torch.log_softmax(logits, dim=1)
+        pos_log_prob = torch.where(positive, log_prob, torch.zeros_like(log_prob)).sum(dim=1)
+        return (-pos_log_prob / positive.sum(dim=1).to(dt)).mean()

@@ -49,6 +49,27 @@ class FakeArtifactStore(RandomArtifactStore):
         super().__init__(old, old_label_of_class(), samples_per_class=8)
 
 
+class EmbeddingArtifactStore(FakeArtifactStore):
+    """:class:`FakeArtifactStore` plus ``embed_new_training_set``: every cached row is a fixed random image,
+    embedded with the given encoder as ``extract_features`` does (eval mode, the encoder's mode restored)."""
+
+    def __init__(self, old, seed: int = 123) -> None:
+        super().__init__(old)
+        labels = self.data["old_features_new"]["labels"]
+        g = torch.Generator().manual_seed(seed)
+        self.images = torch.randn(labels.numel(), 3, IMAGE, IMAGE, generator=g)
+        self.calls: list[dict] = []
+
+    def embed_new_training_set(self, encoder):
+        was_training = encoder.training
+        encoder.eval()
+        with torch.no_grad():
+            feats = encoder(self.images)
+        self.calls.append({"eval_mode": not encoder.net.training, "features": feats})
+        encoder.train(was_training)
+        return {"features": feats, "labels": self.data["old_features_new"]["labels"].clone()}
+
+
 @pytest.fixture(scope="session")
 def old_checkpoint(tmp_path_factory):
     torch.manual_seed(0)
