@@ -11,7 +11,7 @@ SEEDS  ?= 0 1 2
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv bench bench-all smoke leaderboard data test test-all lint format clean
+.PHONY: help venv bench bench-all smoke leaderboard reevaluate data test test-all lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -34,8 +34,11 @@ bench-all: $(STAMP) ## every registered method x SEEDS on BENCH, then the leader
 smoke: $(STAMP) ## every registered method on the tiny smoke benchmark (CPU, CI-sized)
 	$(BIN)/bctbench run-all --benchmark smoke --seeds 0 $(ARGS)
 
-leaderboard: $(STAMP) ## print the leaderboard of BENCH from results/ alone
-	$(BIN)/bctbench leaderboard --benchmark $(BENCH)
+leaderboard: $(STAMP) ## print the leaderboard of BENCH from results/ alone (+ PNG plots)
+	$(BIN)/bctbench leaderboard --benchmark $(BENCH) $(ARGS)
+
+reevaluate: $(STAMP) ## re-score BENCH's finished runs with the spec's current evaluation section
+	$(BIN)/bctbench reevaluate --benchmark $(BENCH) $(ARGS)
 
 data: $(STAMP) ## generate the embedded synthetic dataset (cached in the data root)
 	$(BIN)/bctbench make-synthetic
