@@ -634,6 +634,7 @@ def train_generation(
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import CSVLogger
 
+    from bctbench import tracking
     from bctbench.method import module_digest
     from bctbench.old_model import file_sha256, save_old_checkpoint
 
@@ -660,19 +661,41 @@ def train_generation(
     old_before = module_digest(model.old.model)
 
     gen_dir.mkdir(parents=True, exist_ok=True)
+    config = {
+        "benchmark": spec.name,
+        "benchmark_sha256": spec.sha256,
+        "method": cls.name,
+        "seed": seed,
+        "generation": step,
+        "old_sha256": old_ref.sha256,
+        "method_hparams": _jsonable({k: v for k, v in model.hparams.items() if k != "setup"}),
+    }
+    wandb_logger = tracking.make_wandb_logger(
+        cls.name,
+        spec.name,
+        seed,
+        config,
+        ctx.results_root.parent / "wandb-runs",
+        enabled=runtime.wandb,
+        suffix=f"g{step}",
+    )
     trainer = _trainer(
         ctx,
         runtime,
         max_epochs=spec.training.epochs,
         default_root_dir=gen_dir,
-        logger=CSVLogger(str(gen_dir), name="logs"),
+        logger=wandb_logger or CSVLogger(str(gen_dir), name="logs"),
         callbacks=_callbacks(gen_dir, with_lr_monitor=True),
     )
     ckpt_path = _resume_path(gen_dir, runtime.resume)
     log.info(
         "training generation %d of %s (seed %d) on upgrade %d -> %d", step, cls.name, seed, step - 1, step
     )
-    _fit(trainer, model, dm, ckpt_path)
+    try:
+        _fit(trainer, model, dm, ckpt_path)
+    finally:
+        if wandb_logger is not None:
+            tracking.finish_logger(wandb_logger)  # one W&B run per generation
     old_after = module_digest(model.old.model)
     if old_after != old_before:
         raise BCTBenchError(
@@ -715,6 +738,7 @@ def run_sequential(ctx: RunContext, cls: type, method_kw: dict[str, Any], *, see
     (``g{i} -> g{j}``, ``i >= j``) on every eval set plus AC / AA (``evaluation.md`` §5.3). Writes and returns
     the :class:`RunResult`; the matrix summaries and each generation's provenance are in
     ``curves["sequential"]``."""
+    from bctbench import tracking
     from bctbench.evaluation.sequential import compatibility_matrices, generation_name, sequential_pairs
     from bctbench.method import Encoder, module_digest
     from bctbench.old_model import load_old_model
@@ -787,6 +811,8 @@ def run_sequential(ctx: RunContext, cls: type, method_kw: dict[str, Any], *, see
     )
     path = write_result(result, ctx.results_root)
     log.info("result written: %s", path)
+    if runtime.wandb:
+        tracking.log_run_result(result, path, save_dir=ctx.results_root.parent / "wandb-runs")
     return result
 
 

@@ -46,9 +46,10 @@ __all__ = [
 ]
 
 
-def run_name(method: str, benchmark: str, seed: int) -> str:
-    """Return the W&B run name ``<method>-<benchmark>-s<seed>``."""
-    return f"{method}-{benchmark}-s{int(seed)}"
+def run_name(method: str, benchmark: str, seed: int, suffix: str = "") -> str:
+    """Return the W&B run name ``<method>-<benchmark>-s<seed>`` (+ ``-<suffix>``, e.g. ``g1`` for a generation
+    of a sequential run)."""
+    return f"{method}-{benchmark}-s{int(seed)}" + (f"-{suffix}" if suffix else "")
 
 
 def _api_key_configured() -> bool:
@@ -115,8 +116,11 @@ def make_wandb_logger(
     config: Mapping[str, Any] | None,
     save_dir: str | os.PathLike,
     enabled: bool = True,
+    suffix: str = "",
 ) -> Any:
     """Return a started ``lightning.pytorch.loggers.WandbLogger`` for one training run, or None.
+
+    ``suffix`` names one training job of a multi-job run (``g1``, ``g2``: generations of a sequential run).
 
     None when ``enabled`` is false, the mode is ``disabled``, or anything fails (then with a warning). The W&B
     run is started here (``logger.experiment``) so that a failure surfaces now, not inside ``Trainer.fit``, and
@@ -134,11 +138,11 @@ def make_wandb_logger(
 
         Path(save_dir).mkdir(parents=True, exist_ok=True)
         logger = WandbLogger(
-            name=run_name(method, benchmark, seed),
+            name=run_name(method, benchmark, seed, suffix),
             save_dir=os.fspath(save_dir),
             project=PROJECT,
             group=benchmark,
-            tags=[method, benchmark],
+            tags=[method, benchmark] + ([suffix] if suffix else []),
             job_type="train",
             config=dict(config or {}),
             mode=mode,
@@ -151,15 +155,31 @@ def make_wandb_logger(
         return None
 
 
+def finish_logger(logger: Any) -> None:
+    """Finish the W&B run of a training logger (so that the next training job starts its own run); never
+    raises."""
+    try:
+        logger.experiment.finish()
+    except Exception as exc:  # noqa: BLE001 - W&B must never fail a run
+        _warn("finish", exc)
+
+
 def summary_from_result(result: RunResult) -> dict[str, float]:
     """Summary values of a run: every primary-protocol/metric row keyed by its metric key, plus backfill AUCs.
 
-    AUC keys: ``test/{eval_set}/{protocol}/backfill-{mode}-{order}/{metric}_auc`` (mean over order seeds).
+    AUC keys: ``test/{eval_set}/{protocol}/backfill-{mode}-{order}/{metric}_auc`` (mean over order seeds);
+    sequential results add ``test/{eval_set}/{protocol}/sequential-{AC|AA}/{metric}``.
     """
     out: dict[str, float] = {}
     for row in result.metrics:
         if result.primary_of(row["eval_set"]) == (row["protocol"], row["metric"]):
             out[metric_key(row)] = float(row["value"])
+    for mat in (result.curves.get("sequential") or {}).get("matrices", []) or []:
+        if result.primary_of(mat["eval_set"]) == (mat["protocol"], mat["metric"]):
+            for name in ("AC", "AA"):
+                out[f"test/{mat['eval_set']}/{mat['protocol']}/sequential-{name}/{mat['metric']}"] = _plain(
+                    mat.get(name)
+                )
     aucs: dict[str, list[float]] = {}
     for curve in result.curves.get("backfill", []) or []:
         if result.primary_of(curve["eval_set"]) != (curve["protocol"], curve["metric"]):

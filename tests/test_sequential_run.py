@@ -26,9 +26,13 @@ STEPS = 3
 
 
 def test_sequential_specs_load_and_follow_their_single_step_recipes():
-    for name, base in (("smoke_seq", "smoke"), ("synth_seq_data10to30to100", "synth_data30to100")):
+    for name, base, allocation in (
+        ("smoke_seq", "smoke", "seq_data10to30to100"),
+        ("synth_seq_data10to30to100", "synth_data30to100", "seq_data10to30to100"),
+        ("synth_seq_class10to30to100", "synth_class30to100", "seq_class10to30to100"),
+    ):
         spec, ref = load_benchmark(name), load_benchmark(base)
-        assert spec.sequential_steps == STEPS and spec.data.allocation == "seq_data10to30to100"
+        assert spec.sequential_steps == STEPS and spec.data.allocation == allocation
         assert dataclasses.replace(spec.data, allocation=ref.data.allocation) == ref.data
         assert (spec.models, spec.training, spec.old_model, spec.evaluation, spec.seeds) == (
             ref.models,
@@ -169,3 +173,32 @@ def test_sequential_leaderboard_through_the_cli(result, roots, capsys):
     assert code == 0
     assert "| method | g0→g0 | g1→g0 | g1→g1 | g2→g0 | g2→g1 | g2→g2 | AC | AA | flags |" in out
     assert "| bct |" in out and "**rsynth** (medium, mAP)" in out
+
+
+def test_sequential_run_logs_each_generation_and_the_result_to_wandb_offline(
+    roots, ctx, tmp_path, monkeypatch
+):
+    from tests.results.test_tracking import _records, _summary
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
+    result = pipeline.run(ctx, "bct", seed=5, runtime=pipeline.Runtime(wandb=True, accelerator="cpu"))
+    runs = sorted((ctx.results_root.parent / "wandb-runs" / "wandb").glob("offline-run-*"))
+    assert len(runs) == STEPS  # g1, g2 training runs and the result run
+    names = [
+        r.run.display_name
+        for run_dir in runs
+        for r in _records(next(run_dir.glob("*.wandb")))
+        if r.WhichOneof("record_type") == "run"
+    ]
+    assert names == [f"bct-{BENCH}-s5-g1", f"bct-{BENCH}-s5-g2", f"bct-{BENCH}-s5"]
+    summary = _summary(runs[-1])
+    es, (protocol, metric) = next(iter(result.primary.items()))
+    mat = next(
+        m for m in result.curves["sequential"]["matrices"] if (m["eval_set"], m["protocol"]) == (es, protocol)
+    )
+    assert summary[f"test/{es}/{protocol}/sequential-AA/{metric}"] == pytest.approx(mat["AA"])
