@@ -252,6 +252,7 @@ def leaderboard(df: pd.DataFrame) -> pd.DataFrame:
         ref.update(dict(zip(_stat_cols(col), (math.nan, math.nan, 0), strict=True)))
     for auc_col in auc_cols.values():
         ref.update(dict(zip(_stat_cols(auc_col), (math.nan, math.nan, 0), strict=True)))
+    ref["backfill"] = ""
     rows.append(ref)
 
     usable = [es for es, _, _ in eval_sets if math.isfinite(old[es][0]) and math.isfinite(paragon[es])]
@@ -298,6 +299,7 @@ def leaderboard(df: pd.DataFrame) -> pd.DataFrame:
             mine = auc_rows[(auc_rows["method"] == m) & (auc_rows["mode"] == mode)]
             per_run = mine.groupby("seed", sort=True)["value"].mean() if len(mine) else []
             row.update(dict(zip(_stat_cols(auc_col), _stats(list(per_run)), strict=True)))
+        row["backfill"] = _monotone_summary(df, m, auc_spec) if auc_spec else ""
         rows.append(row)
 
     def sort_key(r: dict[str, Any]) -> tuple:
@@ -309,6 +311,28 @@ def leaderboard(df: pd.DataFrame) -> pd.DataFrame:
     lb = pd.DataFrame(rows)
     lb.index = pd.RangeIndex(len(lb))
     return lb
+
+
+def _monotone_summary(df: pd.DataFrame, method: str, spec: tuple[str, str, str]) -> str:
+    """``"<mode>: monotone k/n"``: how many of the method's random-order curves in its own backfilling mode
+    (first eval set, primary metric) never decrease from one fraction to the next."""
+    es, p, met = spec
+    pts = df[
+        (df["kind"] == "backfill")
+        & (df["method"] == method)
+        & (df["eval_set"] == es)
+        & (df["protocol"] == p)
+        & (df["metric"] == met)
+        & (df["order"] == AUC_ORDER)
+        & (df["mode"] == df["backfill_mode"])
+    ]
+    if pts.empty:
+        return ""
+    flags = [
+        bool(np.all(np.diff(g.sort_values("fraction")["value"].to_numpy()) >= 0))
+        for _, g in pts.groupby(["seed", "order_seed"], dropna=False)
+    ]
+    return f"{pts['mode'].iloc[0]}: monotone {sum(flags)}/{len(flags)}"
 
 
 # ---------------------------------------------------------------------- rendering
@@ -351,6 +375,8 @@ def _display_columns(lb: pd.DataFrame) -> list[tuple[str, str, str]]:
             es = col.split(" ", 1)[0]
             if f"{es} cross>old" in lb.columns:
                 out.append((f"{es} compat", "compat", es))
+    if "backfill" in lb.columns:
+        out.append(("backfill", "text", "backfill"))
     out.append(("flags", "text", "flags"))
     return out
 
@@ -392,7 +418,8 @@ def to_markdown(lb: pd.DataFrame) -> str:
         "Cells: mean ± std (n seeds); mAP and AUC ×100. new→old: query by the row's model, gallery by the old "
         "model (cross-test); the old→old row shows the old model's self-test in both columns.",
         "compat: (a) cross > old→old, (b) self > old→old, on means (✓ yes, ✗ no). P_up / P_comp / P_1 per "
-        "seed against mean old→old and φ* (independent) self-tests. flags: non-default fidelity flags.",
+        "seed against mean old→old and φ* (independent) self-tests. backfill: the method's own backfilling mode "
+        "and how many of its random-order curves (AUC eval set) never decrease. flags: non-default fidelity flags.",
     ]
     return "\n".join(lines) + "\n"
 

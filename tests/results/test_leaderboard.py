@@ -124,3 +124,19 @@ def test_render(results_root: Path, tmp_path: Path) -> None:
         render(results_root, BENCH, fmt="html")
     with pytest.raises(BCTBenchError, match="no readable results for benchmark 'nope'"):
         render(results_root, "nope")
+
+
+def test_backfill_column_counts_monotone_curves(frame: pd.DataFrame) -> None:
+    lb = leaderboard(frame).set_index("key")
+    assert lb.loc["independent", "backfill"] == "merge: monotone 3/3"
+    assert lb.loc["bct", "backfill"] == "mixed: monotone 6/6"  # 3 seeds x 2 random orders
+    dip = frame.copy()
+    point = dip.index[
+        (dip["kind"] == "backfill")
+        & (dip["method"] == "bct")
+        & (dip["seed"] == 1)
+        & (dip["order_seed"] == 0)
+        & (dip["fraction"] == 0.5)
+    ]
+    dip.loc[point, "value"] = 0.0
+    assert leaderboard(dip).set_index("key").loc["bct", "backfill"] == "mixed: monotone 5/6"
