@@ -158,7 +158,7 @@ def pk_batches(
 class OnlineBackfill(CompatibilityMethod):
     paper = (
         "Seo et al., Metric Compatible Training for Online Backfilling in Large-Scale Retrieval, WACV 2025, "
-        "https://arxiv.org/abs/2301.03767"
+        "https://arxiv.org/abs/2301.03767 (reconstruction, no public code)"
     )
     reference_code = "none (no public code); reconstruction, methods.md §12.1"
     needs_old_forward = False
