@@ -515,6 +515,15 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+def _plot_mean_curve(ax: Any, points: pd.DataFrame, *, label: str, marker: str, alpha: float, ls: str = "-"):
+    """Plot backfilling-curve ``points`` (``fraction``, ``value`` rows of several runs) as mean ×100 with a ±
+    std band."""
+    g = points.groupby("fraction", sort=True)["value"]
+    mean, std = g.mean() * 100, g.std(ddof=1).fillna(0.0) * 100
+    ax.plot(mean.index, mean.to_numpy(), ls=ls, marker=marker, ms=3, label=label)
+    ax.fill_between(mean.index, (mean - std).to_numpy(), (mean + std).to_numpy(), alpha=alpha)
+
+
 def plot_leaderboard(
     df: pd.DataFrame,
     out_dir: str | os.PathLike,
@@ -615,10 +624,7 @@ def plot_leaderboard(
             fig = figure(5.5, 4.0)
             ax = fig.add_subplot()
             for m in sorted(set(sub["method"])):
-                g = sub[sub["method"] == m].groupby("fraction", sort=True)["value"]
-                mean, std = g.mean() * 100, g.std(ddof=1).fillna(0.0) * 100
-                ax.plot(mean.index, mean.to_numpy(), marker="o", ms=3, label=m)
-                ax.fill_between(mean.index, (mean - std).to_numpy(), (mean + std).to_numpy(), alpha=0.15)
+                _plot_mean_curve(ax, sub[sub["method"] == m], label=m, marker="o", alpha=0.15)
             if len(ref) and math.isfinite(float(ref.iloc[0])):
                 ax.axhline(float(ref.iloc[0]) * 100, color="black", ls="--", lw=1, label=REFERENCE)
             ax.set_xlabel("backfilled fraction")
@@ -643,18 +649,15 @@ def plot_leaderboard(
             ax = fig.add_subplot()
             for i, m in enumerate(methods):
                 mine = head[head["method"] == m]
-                g = mine.groupby("fraction", sort=True)["value"]
-                mean, std = g.mean() * 100, g.std(ddof=1).fillna(0.0) * 100
                 mode = str(mine["backfill_mode"].iloc[0])
-                ax.plot(
-                    mean.index,
-                    mean.to_numpy(),
-                    ls="--" if mode == "merge" else "-",
-                    marker="os^vDP*Xhp<>"[i % 12],
-                    ms=3,
+                _plot_mean_curve(
+                    ax,
+                    mine,
                     label=f"{m} ({mode})",
+                    marker="os^vDP*Xhp<>"[i % 12],
+                    alpha=0.12,
+                    ls="--" if mode == "merge" else "-",
                 )
-                ax.fill_between(mean.index, (mean - std).to_numpy(), (mean + std).to_numpy(), alpha=0.12)
             if len(ref) and math.isfinite(float(ref.iloc[0])):
                 ax.axhline(float(ref.iloc[0]) * 100, color="black", ls=":", lw=1, label=REFERENCE)
             ax.set_xlabel("backfilled fraction of the gallery")

@@ -104,6 +104,25 @@ class Encoder(nn.Module):
         return F.normalize(out.float(), dim=1)
 
 
+class LiveEncoder(nn.Module):
+    """An :class:`Encoder` over a model that is being trained, for a method's own pass over training images
+    (e.g. ``store.embed_new_training_set``): ``to()`` is a no-op, so the live (possibly DDP-wrapped) model is
+    never moved; inputs go to the model's device. ``forward(images[B, 3, H, W]) -> float32[B, D]`` unit rows."""
+
+    def __init__(self, net: nn.Module, identity: str) -> None:
+        super().__init__()
+        self.net = net
+        self.identity = identity
+        self.train(net.training)
+
+    def to(self, *args, **kwargs) -> LiveEncoder:  # noqa: D102 - intentionally a no-op
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        device = next(self.net.parameters()).device
+        return F.normalize(self.net(images.to(device)).float(), dim=1)
+
+
 def module_digest(module: nn.Module) -> str:
     """sha256 (16 hex) of a module's parameters and buffers, in state-dict order."""
     h = hashlib.sha256()

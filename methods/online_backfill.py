@@ -71,6 +71,7 @@ from bctbench import (
     CompatibilityMethod,
     ConfigError,
     Encoder,
+    LiveEncoder,
     MethodSetup,
     ModelOutput,
     layers,
@@ -80,24 +81,6 @@ from bctbench import (
 )
 
 _LOG = "train/online_backfill"
-
-
-class _InPlaceEncoder(nn.Module):
-    """Unit-norm φ* for the store's embedding pass, without moving the live model: ``to()`` is a no-op and
-    inputs go to the model's device."""
-
-    def __init__(self, net: nn.Module, identity: str) -> None:
-        super().__init__()
-        self.net = net
-        self.identity = identity
-        self.train(net.training)
-
-    def to(self, *args, **kwargs) -> _InPlaceEncoder:  # noqa: D102 - intentionally a no-op
-        return self
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        device = next(self.net.parameters()).device
-        return F.normalize(self.net(images.to(device)).float(), dim=1)
 
 
 class _Head(nn.Module):
@@ -278,7 +261,7 @@ class OnlineBackfill(CompatibilityMethod):
             )
         old = store.get("old_features_new")
         with torch.no_grad():
-            current = store.embed_new_training_set(_InPlaceEncoder(self.new.embedder, "online_backfill-fit"))
+            current = store.embed_new_training_set(LiveEncoder(self.new.embedder, "online_backfill-fit"))
         if not torch.equal(current["labels"].cpu().long(), old["labels"].cpu().long()):
             raise BCTBenchError(
                 "online_backfill: new-feature rows do not match the cached old features (labels)"

@@ -53,13 +53,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from bctbench import (
     Batch,
     BCTBenchError,
     CompatibilityMethod,
     ConfigError,
+    LiveEncoder,
     MethodSetup,
     ModelOutput,
     losses,
@@ -68,24 +68,6 @@ from bctbench import (
 from bctbench import prototypes as proto_math
 
 _CKPT_KEY = "unibct_refined_prototypes"
-
-
-class _InPlaceEncoder(nn.Module):
-    """Encoder for the refinement pass that never moves the wrapped model: ``to()`` is a no-op and inputs are
-    moved to the model's device (the store would otherwise move the live, possibly DDP-wrapped, embedder)."""
-
-    def __init__(self, net: nn.Module, identity: str) -> None:
-        super().__init__()
-        self.net = net
-        self.identity = identity
-        self.train(net.training)
-
-    def to(self, *args, **kwargs) -> _InPlaceEncoder:  # noqa: D102 - intentionally a no-op
-        return self
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        device = next(self.net.parameters()).device
-        return F.normalize(self.net(images.to(device)).float(), dim=1)
 
 
 def default_refine_epochs(max_epochs: int) -> list[int]:
@@ -199,7 +181,7 @@ class UniBCT(CompatibilityMethod):
                 "unibct: refinement needs the artefact store from prepare_artifacts "
                 "(with embed_new_training_set)"
             )
-        encoder = _InPlaceEncoder(self.new.embedder, "unibct-refine")
+        encoder = LiveEncoder(self.new.embedder, "unibct-refine")
         current = store.embed_new_training_set(encoder)
         old = store.get("old_features_new")
         if not torch.equal(current["labels"].cpu(), old["labels"].cpu()):

@@ -31,6 +31,25 @@ def _rows(eval_set: str, protocol: str, metric: str, old: float, cross: float, s
     ]
 
 
+def _curve(mode: str, order: str, order_seed: int, values: list[float]) -> dict:
+    """One rsynth/medium/mAP backfilling curve over FRACTIONS with its trapezoid AUC."""
+    auc = sum(
+        (b - a) * (x + y) / 2
+        for a, b, x, y in zip(FRACTIONS, FRACTIONS[1:], values, values[1:], strict=False)
+    )
+    return {
+        "eval_set": "rsynth",
+        "protocol": "medium",
+        "metric": "mAP",
+        "mode": mode,
+        "order": order,
+        "order_seed": order_seed,
+        "fractions": FRACTIONS,
+        "values": values,
+        "auc": round(auc, 8),
+    }
+
+
 def make_result(method: str, seed: int) -> RunResult:
     """One deterministic fixture run: two eval sets, primary and secondary protocols, backfill curves."""
     seeds, vals, flags = METHODS[method]
@@ -48,45 +67,12 @@ def make_result(method: str, seed: int) -> RunResult:
     for order, order_seed in orders:
         bump = 0.02 if order == "uncertainty" else 0.005 * order_seed
         values = [round(cross + (self_ - cross) * t + (bump if 0 < t < 1 else 0.0), 6) for t in FRACTIONS]
-        auc = sum(
-            (b - a) * (x + y) / 2
-            for a, b, x, y in zip(FRACTIONS, FRACTIONS[1:], values, values[1:], strict=False)
-        )
-        curves.append(
-            {
-                "eval_set": "rsynth",
-                "protocol": "medium",
-                "metric": "mAP",
-                "mode": "mixed",
-                "order": order,
-                "order_seed": order_seed,
-                "fractions": FRACTIONS,
-                "values": values,
-                "auc": round(auc, 8),
-            }
-        )
+        curves.append(_curve("mixed", order, order_seed, values))
     backfill_mode = "mixed"
     if method == "independent":  # training-free distance rank merge: from old→old up to new→new
         backfill_mode = "merge"
         values = [round(OLD_SELF["rsynth"] + (self_ - OLD_SELF["rsynth"]) * t**2, 6) for t in FRACTIONS]
-        auc = sum(
-            (b - a) * (x + y) / 2
-            for a, b, x, y in zip(FRACTIONS, FRACTIONS[1:], values, values[1:], strict=False)
-        )
-        curves.append(
-            {
-                "eval_set": "rsynth",
-                "protocol": "medium",
-                "metric": "mAP",
-                "mode": "merge",
-                "order": "random",
-                "order_seed": 0,
-                "fractions": FRACTIONS,
-                "values": values,
-                "auc": round(auc, 8),
-                "old_space_query": "old",
-            }
-        )
+        curves.append({**_curve("merge", "random", 0, values), "old_space_query": "old"})
     return RunResult(
         benchmark=BENCH,
         method=method,
