@@ -559,10 +559,8 @@ def run(
     if trainer.global_rank != 0 and trainer.world_size > 1:
         return None
     t0 = time.time()
-    evaluator = build_evaluator(ctx, runtime)
-    orders = model.backfill_orders() if hasattr(model, "backfill_orders") else None
     encoders = model.encoders()
-    report = evaluator.evaluate(encoders, backfill_orders=orders)
+    report = evaluate_method(ctx, runtime, model, encoders)
     timings["evaluate"] = time.time() - t0
     if dataset_fingerprint(ctx) != dataset_sha256:
         raise BCTBenchError(
@@ -856,6 +854,15 @@ def run_all(
     return failed
 
 
+def evaluate_method(ctx: RunContext, runtime: Runtime, model, encoders=None):
+    """Evaluate a method's encoders (``model.encoders()`` unless given) with the benchmark's evaluator and the
+    backfill orders the method declares (``backfill_orders()``, e.g. Hot-refresh's uncertainty order)."""
+    orders = model.backfill_orders() if hasattr(model, "backfill_orders") else None
+    return build_evaluator(ctx, runtime).evaluate(
+        model.encoders() if encoders is None else encoders, backfill_orders=orders
+    )
+
+
 def evaluate_checkpoint(ctx: RunContext, checkpoint: str, runtime: Runtime | None = None):
     """Evaluate a saved method checkpoint (Lightning ``.ckpt``) against the benchmark's old model."""
     from bctbench.registry import get_method
@@ -869,7 +876,7 @@ def evaluate_checkpoint(ctx: RunContext, checkpoint: str, runtime: Runtime | Non
     name = payload.get("hyper_parameters", {}).get("method_name") or _method_from_path(path)
     cls = get_method(name)
     model = cls.load_from_checkpoint(path, map_location="cpu")
-    return build_evaluator(ctx, runtime).evaluate(model.encoders()) if hparams is not None else None
+    return evaluate_method(ctx, runtime, model) if hparams is not None else None
 
 
 def reevaluate(ctx: RunContext, method_name: str, *, seed: int, runtime: Runtime | None = None):
@@ -929,8 +936,7 @@ def reevaluate(ctx: RunContext, method_name: str, *, seed: int, runtime: Runtime
             f"{ckpt}: new-model weights ({encoders['new'].identity}) are not those the result was computed with "
             f"({recorded.get('new')}); run it again instead"
         )
-    orders = model.backfill_orders() if hasattr(model, "backfill_orders") else None
-    report = build_evaluator(ctx, runtime).evaluate(encoders, backfill_orders=orders)
+    report = evaluate_method(ctx, runtime, model, encoders)
     if recorded is None:  # older results do not record encoder identities: their self-test must reproduce
         before = {
             _row_key(r): r["value"]
