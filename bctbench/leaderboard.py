@@ -524,6 +524,16 @@ def _plot_mean_curve(ax: Any, points: pd.DataFrame, *, label: str, marker: str, 
     ax.fill_between(mean.index, (mean - std).to_numpy(), (mean + std).to_numpy(), alpha=alpha)
 
 
+def _finish_curve_axes(ax: Any, ref: pd.Series, metric: str, xlabel: str, title: str, *, ref_ls: str) -> None:
+    """Old→old reference line (if known), axis labels, title and legend of a backfilling-curve plot."""
+    if len(ref) and math.isfinite(float(ref.iloc[0])):
+        ax.axhline(float(ref.iloc[0]) * 100, color="black", ls=ref_ls, lw=1, label=REFERENCE)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"{metric} ×100")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+
+
 def plot_leaderboard(
     df: pd.DataFrame,
     out_dir: str | os.PathLike,
@@ -625,12 +635,9 @@ def plot_leaderboard(
             ax = fig.add_subplot()
             for m in sorted(set(sub["method"])):
                 _plot_mean_curve(ax, sub[sub["method"] == m], label=m, marker="o", alpha=0.15)
-            if len(ref) and math.isfinite(float(ref.iloc[0])):
-                ax.axhline(float(ref.iloc[0]) * 100, color="black", ls="--", lw=1, label=REFERENCE)
-            ax.set_xlabel("backfilled fraction")
-            ax.set_ylabel(f"{met} ×100")
-            ax.set_title(f"backfilling {es} ({p}), {mode}/{order}")
-            ax.legend(fontsize=7)
+            _finish_curve_axes(
+                ax, ref, met, "backfilled fraction", f"backfilling {es} ({p}), {mode}/{order}", ref_ls="--"
+            )
             paths.append(_save(fig, out / f"backfill_{_safe(es)}_{_safe(mode)}_{_safe(order)}.png"))
 
         # 4. headline curves: every method in its own mode (all methods, plus the selection if one is given)
@@ -658,12 +665,14 @@ def plot_leaderboard(
                     alpha=0.12,
                     ls="--" if mode == "merge" else "-",
                 )
-            if len(ref) and math.isfinite(float(ref.iloc[0])):
-                ax.axhline(float(ref.iloc[0]) * 100, color="black", ls=":", lw=1, label=REFERENCE)
-            ax.set_xlabel("backfilled fraction of the gallery")
-            ax.set_ylabel(f"{met} ×100")
-            ax.set_title(f"backfilling {es} ({p}), each method in its mode, {AUC_ORDER} order")
-            ax.legend(fontsize=7)
+            _finish_curve_axes(
+                ax,
+                ref,
+                met,
+                "backfilled fraction of the gallery",
+                f"backfilling {es} ({p}), each method in its mode, {AUC_ORDER} order",
+                ref_ls=":",
+            )
             suffix = "_selected" if selected is not None else ""
             paths.append(_save(fig, out / f"backfill_{_safe(es)}_headline{suffix}.png"))
     return paths

@@ -208,6 +208,16 @@ def load_eval_sets(ctx: RunContext) -> list:
     return out
 
 
+def _check_dataset_unchanged(ctx: RunContext, dataset_sha256: str | None) -> None:
+    """Refuse to write a result when the dataset's tree sha256 changed since the run started."""
+    now = dataset_fingerprint(ctx)
+    if now != dataset_sha256:
+        raise BCTBenchError(
+            f"dataset under {ctx.data_root} was regenerated while this run used it (tree sha256 "
+            f"{dataset_sha256} -> {now}); result not written, run again"
+        )
+
+
 def prepare_data(ctx: RunContext) -> dict[str, Any]:
     """Validate the dataset, write split files (with lock) and load the eval sets; return a summary."""
     from datamodules.gldv2 import load_split, prepare_split
@@ -562,11 +572,7 @@ def run(
     encoders = model.encoders()
     report = evaluate_method(ctx, runtime, model, encoders)
     timings["evaluate"] = time.time() - t0
-    if dataset_fingerprint(ctx) != dataset_sha256:
-        raise BCTBenchError(
-            f"dataset under {ctx.data_root} was regenerated while this run used it (tree sha256 "
-            f"{dataset_sha256} -> {dataset_fingerprint(ctx)}); result not written, run again"
-        )
+    _check_dataset_unchanged(ctx, dataset_sha256)
 
     prov = collect_provenance()
     result = RunResult(
@@ -777,11 +783,7 @@ def run_sequential(ctx: RunContext, cls: type, method_kw: dict[str, Any], *, see
     evaluator = build_evaluator(ctx, runtime, pairs=sequential_pairs(steps))
     report = evaluator.evaluate(encoders)
     timings["evaluate"] = time.time() - t0
-    if dataset_fingerprint(ctx) != dataset_sha256:
-        raise BCTBenchError(
-            f"dataset under {ctx.data_root} was regenerated while this run used it (tree sha256 "
-            f"{dataset_sha256} -> {dataset_fingerprint(ctx)}); result not written, run again"
-        )
+    _check_dataset_unchanged(ctx, dataset_sha256)
     hparams = generations[-1].get("hparams", {}) if steps > 1 else {}
     prov = collect_provenance()
     result = RunResult(

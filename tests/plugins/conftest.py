@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -111,3 +112,17 @@ def setup(old_checkpoint):
 @pytest.fixture
 def loader():
     return DataLoader(RandomImages(), batch_size=8, shuffle=False, drop_last=True)
+
+
+def quiet_trainer(tmp_path, **kw) -> pl.Trainer:
+    """A CPU Lightning trainer without logger, progress bar, model summary or (unless ``enable_checkpointing``
+    is passed) checkpoints, rooted in ``tmp_path``; ``kw`` adds or overrides Trainer arguments."""
+    options = {
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": str(tmp_path),
+    }
+    return pl.Trainer(**{**options, **kw})

@@ -11,7 +11,14 @@ import torch
 from bctbench.errors import CheckpointError, ConfigError
 from bctbench.method import CompatibilityMethod, MethodSetup, NonFiniteLossError
 from bctbench.registry import get_method, list_methods
-from tests.plugins.conftest import C_NEW, EMBED, IMAGE, EmbeddingArtifactStore, FakeArtifactStore
+from tests.plugins.conftest import (
+    C_NEW,
+    EMBED,
+    IMAGE,
+    EmbeddingArtifactStore,
+    FakeArtifactStore,
+    quiet_trainer,
+)
 
 METHODS = list_methods()
 
@@ -25,15 +32,7 @@ def _build(name, setup):
 
 
 def _trainer(tmp_path, steps=3):
-    return pl.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(tmp_path),
-    )
+    return quiet_trainer(tmp_path, max_steps=steps)
 
 
 def _old_state(model):

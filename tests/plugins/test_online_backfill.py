@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from bctbench import BCTBenchError, losses
 from bctbench.registry import get_method
 from methods.online_backfill import OnlineBackfill, pk_batches
-from tests.plugins.conftest import EMBED, IMAGE, EmbeddingArtifactStore, RandomImages
+from tests.plugins.conftest import EMBED, IMAGE, EmbeddingArtifactStore, RandomImages, quiet_trainer
 
 FAST = {"psi_hidden": 64}
 
@@ -41,15 +41,8 @@ def _build(setup, store=True, seed=0, **hparams):
 
 
 def _trainer(tmp_path, max_epochs=1, callbacks=None):
-    return pl.Trainer(
-        max_epochs=max_epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=bool(callbacks),
-        callbacks=callbacks or [],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(tmp_path),
+    return quiet_trainer(
+        tmp_path, max_epochs=max_epochs, enable_checkpointing=bool(callbacks), callbacks=callbacks or []
     )
 
 
@@ -233,15 +226,7 @@ def test_evaluating_an_unfitted_or_stale_psi_raises(setup, tmp_path):
     model.fit_reverse_transform()
     model.encoders()
     # more backbone training (a run stopped by max_steps never refits): ψ is marked unfitted
-    trainer = pl.Trainer(
-        max_steps=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(tmp_path),
-    )
+    trainer = quiet_trainer(tmp_path, max_steps=1)
     trainer.fit(model, DataLoader(RandomImages(), batch_size=8))
     assert not bool(model.psi_fitted)
     with pytest.raises(BCTBenchError, match="not been fitted"):

@@ -11,7 +11,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from bctbench.registry import get_method
-from tests.plugins.conftest import EmbeddingArtifactStore, RandomImages
+from tests.plugins.conftest import EmbeddingArtifactStore, RandomImages, quiet_trainer
 
 
 class RankNoisyStore(EmbeddingArtifactStore):
@@ -48,17 +48,8 @@ def test_ddp_fit_is_identical_on_every_rank(setup, tmp_path):
     torch.manual_seed(0)
     model = get_method("online_backfill")(setup, psi_hidden=32)
     model.prepare_artifacts(RankNoisyStore(model.old))
-    trainer = pl.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp_spawn",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(tmp_path),
-        callbacks=[DumpPsi(str(tmp_path))],
+    trainer = quiet_trainer(
+        tmp_path, max_epochs=1, devices=2, strategy="ddp_spawn", callbacks=[DumpPsi(str(tmp_path))]
     )
     trainer.fit(model, DataLoader(RandomImages(), batch_size=8))
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]

@@ -15,7 +15,7 @@ from bctbench import prototypes
 from bctbench.errors import BCTBenchError, ConfigError
 from bctbench.method import ModelOutput
 from bctbench.registry import get_method
-from tests.plugins.conftest import C_NEW, EMBED, FakeArtifactStore
+from tests.plugins.conftest import C_NEW, EMBED, FakeArtifactStore, quiet_trainer
 
 METHODS = ["ndpp", "odpp"]
 
@@ -43,15 +43,7 @@ class ClusteredStore(FakeArtifactStore):
 
 
 def _trainer(tmp_path, **kw):
-    return pl.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(tmp_path),
-        **kw,
-    )
+    return quiet_trainer(tmp_path, **kw)
 
 
 def _build(name, setup, store_cls=FakeArtifactStore, **hparams):

@@ -15,19 +15,11 @@ import torch.nn.functional as F
 from bctbench import layers, prototypes
 from bctbench.method import ModelOutput
 from bctbench.registry import get_method
-from tests.plugins.conftest import C_NEW, C_OLD, EMBED, IMAGE, FakeArtifactStore
+from tests.plugins.conftest import C_NEW, C_OLD, EMBED, IMAGE, FakeArtifactStore, quiet_trainer
 
 
 def _trainer(tmp_path, **kw):
-    return pl.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(tmp_path),
-        **kw,
-    )
+    return quiet_trainer(tmp_path, **kw)
 
 
 def _build(name, setup, store=None, **hparams):
