@@ -30,6 +30,7 @@ bf16 settings made for training do not loosen the error bound.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -50,6 +51,8 @@ _DEFAULT_CHUNKS = {"cpu": (512, 8192), "cuda": (8192, 32768)}
 _FULL_BLOCK_BYTES = 256 << 20
 # gallery rows per faiss index (64 MiB of float32 at D = 256)
 _FAISS_CHUNK = 65536
+# gallery rows normalised at once on CPU and shared by the threads (64 MiB of float32 whatever D)
+_SPAN_BYTES = 64 << 20
 # columns per group of the group-maximum pruning in stage 1
 _GROUP = 8
 # rows rescored per NumPy call in stage 2
@@ -323,6 +326,27 @@ def _sorted_desc(v: torch.Tensor, i: torch.Tensor) -> tuple[np.ndarray, np.ndarr
     return v.cpu().numpy(), i.cpu().numpy()
 
 
+def _lanes(nb: int, n_db: int, cq: int, cg: int, workers: int) -> tuple[list[int], int, int, int]:
+    """Split ``nb`` queries x ``n_db`` gallery rows into independent lanes for ``workers`` threads.
+
+    Returns ``(query chunk starts, gallery parts per query chunk, query rows per chunk, gallery rows per
+    block)``. Query chunks (at most ``cq`` rows) come in a multiple of ``workers`` of near-equal size; with
+    fewer query chunks than workers, each query chunk's gallery blocks are dealt round-robin to
+    ``parts`` lanes whose candidates are merged at the end.
+    """
+    n_chunks = -(-nb // cq)
+    parts = 1
+    if workers > 1:
+        if n_chunks >= workers:
+            n_chunks = -(-n_chunks // workers) * workers
+        else:
+            parts = min(workers // n_chunks, n_db)
+            if n_db < parts * cg:
+                cg = -(-n_db // parts)
+    cq = -(-nb // n_chunks)
+    return list(range(0, nb, cq)), parts, cq, min(cg, n_db)
+
+
 def _candidates_torch(q, g, q0, q1, kp, full, cq, cg, dev):
     """float32 scores and gallery ids of the top-``kp`` (or all, ``full``) items per query, by score."""
     n_db = g.shape[0]
@@ -335,36 +359,54 @@ def _candidates_torch(q, g, q0, q1, kp, full, cq, cg, dev):
             torch.matmul(qn, _normalize_torch(g, g0, g1, dev).T, out=scores[:, g0:g1])
         v, i = torch.sort(scores, dim=1, descending=True)
         return v.cpu().numpy(), i.cpu().numpy()
-    starts = list(range(0, nb, cq))
-    runs: list = [None] * len(starts)
-    # CPU: the score blocks of `workers` query chunks are computed by the (multi-threaded) matmul, then
-    # selected concurrently by Python threads running single-threaded torch ops (they release the GIL)
-    workers = min(torch.get_num_threads(), len(starts)) if dev.type == "cpu" else 1
-    pool = ThreadPoolExecutor(workers) if workers > 1 else None
+    workers = torch.get_num_threads() if dev.type == "cpu" else 1
+    starts, parts, cq, cg = _lanes(nb, n_db, cq, cg, workers)
+    lanes = [(b, p) for b in range(len(starts)) for p in range(parts)]
+    runs: list = [None] * len(lanes)
+    span = cg if dev.type != "cpu" else max(cg, _SPAN_BYTES // (4 * g.shape[1]) // cg * cg)
+    # one reused score block per thread: a fresh 16 MiB block per matmul comes from mmap and is
+    # page-faulted in every time (the matmul then ran ~1.3x slower than with a reused block)
+    buffers = [torch.empty(min(cq, nb) * cg, device=dev) for _ in range(min(workers, len(lanes)))]
+
+    def run_lanes(thread: int, s0: int, s1: int, gn: torch.Tensor) -> None:
+        buf = buffers[thread]
+        for lane in range(thread, len(lanes), len(buffers)):
+            b, p = lanes[lane]
+            qc = qn[starts[b] : starts[b] + cq]
+            run = runs[lane]
+            for c0 in range(s0 + p * cg, s1, parts * cg):
+                gc = gn[c0 - s0 : c0 - s0 + cg]
+                sim = torch.matmul(qc, gc.T, out=buf[: qc.shape[0] * gc.shape[0]].view(qc.shape[0], -1))
+                run = _chunk_topk(sim, c0, kp, run)
+            runs[lane] = run
+
+    # CPU: each thread owns whole lanes (a query chunk and a share of the gallery) and runs its matmuls
+    # and selections single-threaded, so a score block is selected by the core that computed it, with no
+    # barrier between matmul and selection; threads meet once per gallery span (normalised once)
+    pool = ThreadPoolExecutor(len(buffers)) if len(buffers) > 1 else None
     try:
-        for g0 in range(0, n_db, cg):
-            g1 = min(n_db, g0 + cg)
-            gn = _normalize_torch(g, g0, g1, dev)
-            for b0 in range(0, len(starts), workers):
-                batch = range(b0, min(len(starts), b0 + workers))
-                sims = [qn[starts[b] : starts[b] + cq] @ gn.T for b in batch]
-                with _selection_threads(dev):
-                    if pool is None:
-                        for b, sim in zip(batch, sims, strict=True):
-                            runs[b] = _chunk_topk(sim, g0, kp, runs[b])
-                    else:
-                        jobs = [
-                            pool.submit(_chunk_topk, sim, g0, kp, runs[b])
-                            for b, sim in zip(batch, sims, strict=True)
-                        ]
-                        for b, job in zip(batch, jobs, strict=True):
-                            runs[b] = job.result()
-                del sims
+        with _selection_threads(dev):
+            for s0 in range(0, n_db, span):
+                s1 = min(n_db, s0 + span)
+                gn = _normalize_torch(g, s0, s1, dev)
+                if pool is None:
+                    run_lanes(0, s0, s1, gn)
+                else:
+                    list(pool.map(functools.partial(run_lanes, s0=s0, s1=s1, gn=gn), range(len(buffers))))
+                del gn
     finally:
         if pool is not None:
             pool.shutdown()
-    v = torch.cat([r[0] for r in runs])
-    i = torch.cat([r[1] for r in runs])
+    merged = []
+    for b in range(len(starts)):
+        run = None
+        for p in range(parts):
+            part = runs[b * parts + p]
+            if part is not None:
+                run = part if run is None else _merge(run, *part, kp)
+        merged.append(run)
+    v = torch.cat([r[0] for r in merged])
+    i = torch.cat([r[1] for r in merged])
     return _sorted_desc(v, i)
 
 

@@ -6,8 +6,10 @@
     port takes ``(n_db, n_queries)`` ranks like the reference; it is timed on the reference's native layout
     (C-contiguous ``(n_db, nq)``, as ``np.argsort(-sim, axis=0)`` in revisitop's example produces, so each
     query column is strided) and on a column-contiguous copy (the port's best case).
-(b) Search: the raw float32 matmul rate for the same shapes and chunking that ``rank`` uses, then
-    ``rank(..., topk=100)`` (torch and faiss backends) and the share of the matmul rate it reaches.
+(b) Search: the raw float32 matmul rate for the block shape that ``rank`` uses (every block written into one
+    reused buffer, nothing else done; the faster of torch's multi-threaded matmul and one single-threaded
+    matmul per Python thread, both timed every round), then ``rank(..., topk=100)`` (torch and faiss
+    backends) and the share of the matmul rate it reaches.
 (c) Peak memory of ``rank(topk=100)`` for 10k x 1M at dim 256, in a fresh subprocess: the peak resident set
     ``VmHWM`` of ``/proc/self/status`` (Python + torch runtime + the float32 inputs + search working memory),
     and the peak during the search alone minus the resident set before it (the high-water mark is reset
@@ -27,6 +29,7 @@ import resource
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -184,7 +187,7 @@ def random_features(n, dim, seed, block=1 << 14):
     return out
 
 
-def bench_search(nq, n_db, dim, topk, backends, rounds=2):
+def bench_search(nq, n_db, dim, topk, backends, rounds=3):
     """The matmul-only loop and ``rank`` alternate for ``rounds`` rounds (the machine's load drifts; each
     round's ratio compares neighbours in time); the summary compares the best time of each."""
     print(f"\n(b) search: {nq} queries x {n_db} gallery, dim {dim}, top-{topk} (CPU)")
@@ -194,17 +197,43 @@ def bench_search(nq, n_db, dim, topk, backends, rounds=2):
     flops = 2.0 * nq * n_db * dim
     qt = torch.from_numpy(search.l2_normalize(q))
     gt = torch.from_numpy(search.l2_normalize(g))
+    threads = torch.get_num_threads()
 
-    def matmul_only():
+    def matmul_blocks(q_rows, out):
+        """All [cq, cg] score blocks of the query rows ``q_rows`` into one reused buffer."""
         for g0 in range(0, n_db, cg):
             gc = gt[g0 : g0 + cg]
-            for s in range(0, nq, cq):
-                torch.matmul(qt[s : s + cq], gc.T)
+            for s in q_rows:
+                qc = qt[s : s + cq]
+                torch.matmul(qc, gc.T, out=out[: qc.shape[0] * gc.shape[0]].view(qc.shape[0], -1))
+
+    def matmul_multithreaded():
+        """One multi-threaded matmul per block (torch's own parallelism)."""
+        matmul_blocks(range(0, nq, cq), torch.empty(cq * cg))
+
+    def matmul_per_thread():
+        """One single-threaded matmul per block, the query chunks dealt to ``threads`` Python threads."""
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(threads) as pool:
+                starts = range(0, nq, cq)
+                jobs = [
+                    pool.submit(matmul_blocks, starts[t::threads], torch.empty(cq * cg))
+                    for t in range(threads)
+                ]
+                for job in jobs:
+                    job.result()
+        finally:
+            torch.set_num_threads(threads)
+
+    def matmul_only():
+        """Times of both matmul loops in this round: (multi-threaded, per thread)."""
+        return best_of(matmul_multithreaded, 1)[0], best_of(matmul_per_thread, 1)[0]
 
     def rate(t):
         return f"{t:7.2f} s {flops / t / 1e9:7.1f} GFLOP/s"
 
-    matmul_only()  # warm-up
+    matmul_only()  # warm-up (both loops)
     search.rank(q[:64], g[:4096], topk=topk, device="cpu")
 
     def run(backend):
@@ -212,12 +241,14 @@ def bench_search(nq, n_db, dim, topk, backends, rounds=2):
 
     t_mm, t_rank = [], []
     for r in range(rounds):
-        t_mm.append(best_of(matmul_only, 1)[0])
+        t_multi, t_per_thread = matmul_only()
+        t_mm.append(min(t_multi, t_per_thread))
         t, ranks = best_of(run("torch"), 1)
         t_rank.append(t)
         print(
-            f"  round {r + 1}: matmul only, chunks ({cq} x {cg}): {rate(t_mm[-1])};"
-            f" rank(topk={topk}, torch): {rate(t)} = {100 * t_mm[-1] / t:5.1f}% of the matmul rate"
+            f"  round {r + 1}: matmul only, blocks of {cq} x {cg}: multi-threaded {rate(t_multi)},"
+            f" one per thread {rate(t_per_thread)};\n           rank(topk={topk}, torch): {rate(t)}"
+            f" = {100 * t_mm[-1] / t:5.1f}% of the faster matmul rate"
         )
     print(
         f"  best of {rounds}: matmul {rate(min(t_mm))}; rank {rate(min(t_rank))}"
