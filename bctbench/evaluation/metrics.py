@@ -57,8 +57,11 @@ _MAX_THREADS = 8
 # ------------------------------------------------------------------------------------------------------------
 
 
+_INT64 = np.dtype(np.int64)
+
+
 def _index_array(values: object) -> np.ndarray:
-    if isinstance(values, np.ndarray) and values.dtype == np.int64 and values.ndim == 1:
+    if type(values) is np.ndarray and values.dtype is _INT64 and values.ndim == 1:
         return values
     arr = np.asarray(values if values is not None else (), dtype=np.int64)
     return arr.reshape(-1)
@@ -187,7 +190,10 @@ def _special_entries(
         else:
             flat = block + np.arange(0, c * width, width, dtype=np.int64)[:, None]
             hits = np.flatnonzero(special.take(flat, mode="clip"))
-        row, pos = np.divmod(hits, k) if k else (hits, hits)
+        # hits are sorted: each row's first hit by one searchsorted (cheaper than divmod over all hits)
+        bounds = np.searchsorted(hits, np.arange(c + 1) * k) if k else np.zeros(c + 1, np.int64)
+        row = np.repeat(np.arange(c), np.diff(bounds))
+        pos = hits - row * k
         item = block.ravel()[hits]
         valid = (item >= 0) & (item < width)
         if not valid.all():
@@ -261,13 +267,15 @@ def revisited_map(
         ok_idx = np.flatnonzero(is_ok)
         qrow = row[ok_idx]
         n_found = np.bincount(qrow, minlength=c)
-        # junk entries before each positive, same row: global running count minus earlier rows' junk
-        junk_rows = np.bincount(row[is_junk], minlength=c)
-        junk_earlier_rows = np.cumsum(junk_rows) - junk_rows
-        junk_before = np.cumsum(is_junk)[ok_idx] - is_junk[ok_idx] - junk_earlier_rows[qrow]
+        ok_start = np.cumsum(n_found) - n_found  # first positive of each row among the positives
+        # junk entries before each positive in its row: exclusive running count minus the count at the
+        # row's first entry (entries are sorted by row, so searchsorted finds each row's first entry)
+        junk_idx = np.flatnonzero(is_junk)
+        row_first = np.searchsorted(row, np.arange(c))
+        junk_before = np.searchsorted(junk_idx, ok_idx) - np.searchsorted(junk_idx, row_first)[qrow]
         rho = pos[ok_idx] - junk_before  # 0-based position after junk removal
         # index of each positive among the retrieved positives of its query
-        j = (np.arange(qrow.size) - (np.cumsum(n_found) - n_found)[qrow]).astype(np.float64)
+        j = (np.arange(qrow.size) - ok_start[qrow]).astype(np.float64)
         rho_f = rho.astype(np.float64)
         p0 = np.divide(j, rho_f, out=np.ones_like(j), where=rho != 0)
         p1 = (j + 1.0) / (rho_f + 1.0)
@@ -277,12 +285,14 @@ def revisited_map(
         if kap.size:
             found = n_found > 0
             one_based = rho + 1
-            last = np.cumsum(n_found) - 1
             p_max = np.zeros(c, np.int64)
-            p_max[found] = one_based[last[found]]
+            p_max[found] = one_based[(ok_start + n_found - 1)[found]]
+            # (row, cleaned position) as one sorted key: positives at or before k_q by one searchsorted
+            span = int(one_based.max(initial=0)) + 1
+            key = qrow * span + one_based
             for a, kappa in enumerate(kap):
                 kq = np.minimum(p_max, kappa)
-                hits = np.bincount(qrow, weights=one_based <= kq[qrow], minlength=c)
+                hits = np.searchsorted(key, np.arange(c) * span + kq, side="right") - ok_start
                 prs[q0:q1, a] = np.divide(hits, kq, out=np.zeros(c), where=found)
     aps[empty] = np.nan
     prs[empty] = np.nan
