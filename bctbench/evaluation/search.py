@@ -12,8 +12,10 @@ How (two stages, per block of queries):
    ``IndexFlatIP``, CPU or GPU); per gallery chunk an exact top-(k + margin) selection merged with the
    running candidates, so memory is bounded whatever the gallery size. The torch selection first prunes the
    chunk with column-group maxima against the running threshold (``_chunk_topk``), so little beyond the
-   matmul touches every score; on CPU its ops are single-threaded, several query chunks being selected
-   concurrently (``_selection_threads``). float32 scores differ from the canonical score by at most
+   matmul touches every score. On CPU the work is cut into *lanes* (a query chunk, or a share of its
+   gallery blocks when there are fewer query chunks than threads, ``_lanes``); each Python thread owns whole
+   lanes and runs their matmuls and selections single-threaded, so a score block is selected by the core
+   that just computed it and threads meet only once per gallery span. float32 scores differ from the canonical score by at most
    ``eps / 2`` with ``eps = 2.5 (D + 8) 2^-24``: a D-term float32 dot product of unit vectors is off by at
    most ``D 2^-24`` in any summation order, the float32 unit vectors of stage 1 differ from the canonical
    ones by at most 3 ulps per element (<= ``6 2^-24`` on the score), and a 25 % margin on top. So float32
@@ -201,9 +203,8 @@ def _exact_fp32_matmul() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _selection_threads(dev: torch.device) -> Iterator[None]:
-    """Run the many small selection ops single-threaded (the matmul keeps all threads); parallelism comes
-    from selecting several query chunks at once in Python threads instead.
+def _one_torch_thread(dev: torch.device) -> Iterator[None]:
+    """Run torch ops single-threaded while Python threads provide the parallelism (one lane per thread).
 
     Each multi-threaded op ends with a barrier; on a busy machine (more runnable processes than cores) a
     descheduled worker stalls every barrier, which made the selection 3-5x slower than on one thread.
@@ -385,7 +386,7 @@ def _candidates_torch(q, g, q0, q1, kp, full, cq, cg, dev):
     # barrier between matmul and selection; threads meet once per gallery span (normalised once)
     pool = ThreadPoolExecutor(len(buffers)) if len(buffers) > 1 else None
     try:
-        with _selection_threads(dev):
+        with _one_torch_thread(dev):
             for s0 in range(0, n_db, span):
                 s1 = min(n_db, s0 + span)
                 gn = _normalize_torch(g, s0, s1, dev)
@@ -518,6 +519,18 @@ def _redo_exact(q, g, qn, rows, thresholds, k, eps, cg, dev):
     return out
 
 
+def _exact_rows(q, g, qn, approx, cand, k, eps, full, cg, dev, s: int, n: int) -> np.ndarray:
+    """Stage 2 for the block-local query rows ``[s, s + n)``: ``int64[rows, k]`` in canonical order."""
+    sl = slice(s, s + n)
+    res = _exact_order(qn[sl], g, approx[sl], cand[sl], k, eps)
+    if not full:
+        a64 = approx[sl].astype(np.float64)
+        bad = np.flatnonzero(a64[:, -1] >= a64[:, k - 1] - eps)
+        if bad.size:
+            res[bad] = _redo_exact(q, g, qn[sl], bad, a64[bad, k - 1], k, eps, cg, dev)
+    return res
+
+
 # ------------------------------------------------------------------------------------------------------------
 # public API
 # ------------------------------------------------------------------------------------------------------------
@@ -553,16 +566,20 @@ def _search(query, gallery, topk, backend, chunk_size, device) -> tuple[np.ndarr
             qn = _normalize64(_rows64(q, slice(q0, q1)))
             qn_all[q0:q1] = qn
             approx, cand = candidates(q, g, q0, q1, kp, full, cq, cg, dev)
-            step = q1 - q0 if full else _STAGE2_ROWS
-            for s in range(0, q1 - q0, step):
-                sl = slice(s, s + step)
-                res = _exact_order(qn[sl], g, approx[sl], cand[sl], k, eps)
-                if not full:
-                    a64 = approx[sl].astype(np.float64)
-                    bad = np.flatnonzero(a64[:, -1] >= a64[:, k - 1] - eps)
-                    if bad.size:
-                        res[bad] = _redo_exact(q, g, qn[sl], bad, a64[bad, k - 1], k, eps, cg, dev)
-                out[q0 + s : q0 + s + res.shape[0]] = res
+            n_slices = 1 if full else -(-(q1 - q0) // _STAGE2_ROWS)
+            threads = min(torch.get_num_threads(), n_slices) if dev.type == "cpu" else 1
+            if threads > 1:  # as many slices per thread (NumPy releases the GIL in the heavy calls)
+                n_slices = -(-n_slices // threads) * threads
+            step = -(-(q1 - q0) // n_slices)
+
+            exact = functools.partial(_exact_rows, q, g, qn, approx, cand, k, eps, full, cg, dev)
+            starts = range(0, q1 - q0, step)
+            if threads > 1:
+                with ThreadPoolExecutor(threads) as pool:
+                    parts = list(pool.map(exact, starts, [step] * len(starts)))
+            else:
+                parts = [exact(s, step) for s in starts]
+            out[q0:q1] = np.concatenate(parts) if len(parts) > 1 else parts[0]
     return out, qn_all, g
 
 

@@ -127,6 +127,32 @@ def test_threaded_selection_is_exact():
         torch.set_num_threads(previous)
 
 
+def test_lanes_split_queries_evenly_or_share_the_gallery():
+    # 20 query chunks of <= 512 rows for 2 threads: 20 chunks of 500, the gallery not split
+    assert search._lanes(10000, 100000, 512, 8192, 2) == (list(range(0, 10000, 500)), 1, 500, 8192)
+    # 3 chunks for 2 threads: rounded up to 4 chunks of 300
+    assert search._lanes(1200, 100000, 512, 8192, 2) == ([0, 300, 600, 900], 1, 300, 8192)
+    # one query chunk, 2 threads: two lanes share the gallery, blocks halved so each gets one
+    assert search._lanes(70, 5000, 512, 5000, 2) == ([0], 2, 70, 2500)
+    # more threads than gallery rows
+    assert search._lanes(5, 3, 512, 3, 4) == ([0], 3, 5, 1)
+    assert search._lanes(5, 3, 512, 3, 1) == ([0], 1, 5, 3)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_lanes_and_spans_are_exact(threads, monkeypatch):
+    # several gallery spans (each normalised once), lanes sharing a query chunk's gallery, ties
+    monkeypatch.setattr(search, "_SPAN_BYTES", 4 * 16 * 1024)  # 1024 rows of D = 16 per span
+    q, g = tied_case(seed=12, nq=30, n_db=5000)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        for chunk in [(30, 512), (8, 1000), (4, 5000)]:
+            np.testing.assert_array_equal(rank(q, g, topk=9, chunk_size=chunk, **CPU), brute_rank(q, g, 9))
+    finally:
+        torch.set_num_threads(previous)
+
+
 def test_later_chunk_without_candidates():
     rng = np.random.default_rng(8)
     q = rng.standard_normal((10, 8)).astype(np.float32)
