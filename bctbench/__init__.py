@@ -5,21 +5,52 @@ Public API for method plugins (import only from here)::
     from bctbench import CompatibilityMethod, MethodSetup, ModelOutput, Batch, register_method, losses
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from bctbench.errors import BCTBenchError, ConfigError, DataError, EvaluationError, UnknownMethodError
-from bctbench.evaluation.backfill import order_from_scores
-from bctbench.method import (
-    Batch,
-    CompatibilityMethod,
-    Encoder,
-    LiveEncoder,
-    MethodSetup,
-    ModelOutput,
-    NonFiniteLossError,
-    build_optimizer,
-    module_digest,
-)
-from bctbench.perturbation import PseudoOldPrototypeMethod
-from bctbench.registry import get_method, list_methods, register_method
+
+# The rest of the public API is imported on first use (PEP 562), so that `import bctbench.evaluation.metrics`
+# or `bctbench leaderboard` do not pay for Lightning (about 2 s and 200 MiB).
+_LAZY = {
+    "order_from_scores": "bctbench.evaluation.backfill",
+    **dict.fromkeys(
+        (
+            "Batch",
+            "CompatibilityMethod",
+            "Encoder",
+            "LiveEncoder",
+            "MethodSetup",
+            "ModelOutput",
+            "NonFiniteLossError",
+            "build_optimizer",
+            "module_digest",
+        ),
+        "bctbench.method",
+    ),
+    "PseudoOldPrototypeMethod": "bctbench.perturbation",
+    **dict.fromkeys(("get_method", "list_methods", "register_method"), "bctbench.registry"),
+}
+# shared math modules, also imported on first use
+_SUBMODULES = ("losses", "layers", "prototypes")
+
+if TYPE_CHECKING:
+    from bctbench.evaluation.backfill import order_from_scores
+    from bctbench.method import (
+        Batch,
+        CompatibilityMethod,
+        Encoder,
+        LiveEncoder,
+        MethodSetup,
+        ModelOutput,
+        NonFiniteLossError,
+        build_optimizer,
+        module_digest,
+    )
+    from bctbench.perturbation import PseudoOldPrototypeMethod
+    from bctbench.registry import get_method, list_methods, register_method
 
 __version__ = "0.1.0"
 
@@ -48,9 +79,14 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # Shared math modules are imported lazily: `bctbench.losses`, `bctbench.layers`, `bctbench.prototypes`.
-    if name in ("losses", "layers", "prototypes"):
-        import importlib
-
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
         return importlib.import_module(f"bctbench.{name}")
     raise AttributeError(f"module 'bctbench' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))

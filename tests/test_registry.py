@@ -106,3 +106,23 @@ def test_template_is_a_valid_plugin_skeleton():
     finally:
         registry.unregister_method("my_method")
     assert textwrap.dedent(mod.__doc__).strip()
+
+
+def test_public_api_names_resolve_and_metrics_import_without_lightning():
+    import subprocess
+    import sys
+
+    import bctbench
+
+    for name in bctbench.__all__:
+        assert getattr(bctbench, name) is not None, name
+    assert set(bctbench.__all__) <= set(dir(bctbench))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        bctbench.nope  # noqa: B018
+    # the pure evaluation layer (metrics, search, leaderboard readers) stays light: no Lightning import
+    code = (
+        "import sys, bctbench.evaluation.metrics, bctbench.evaluation.search; "
+        "print('lightning' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
