@@ -287,11 +287,14 @@ def revisited_map(
         qrow = row[ok_idx]
         n_found = np.bincount(qrow, minlength=c)
         ok_start = np.cumsum(n_found) - n_found  # first positive of each row among the positives
-        # junk entries before each positive in its row: exclusive running count minus the count at the
-        # row's first entry (entries are sorted by row, so searchsorted finds each row's first entry)
-        junk_idx = np.flatnonzero(is_junk)
-        row_first = np.searchsorted(row, np.arange(c))
-        junk_before = np.searchsorted(junk_idx, ok_idx) - np.searchsorted(junk_idx, row_first)[qrow]
+        # junk entries before each positive in its row (entries are sorted by row, then position):
+        # every entry is ok and/or junk, so entries before e = ok + junk - both before e; rows likewise
+        row_first = np.searchsorted(row, np.arange(c))  # index of each row's first entry
+        junk_before = (ok_idx - np.arange(qrow.size)) - (row_first - ok_start)[qrow]
+        both = is_ok & is_junk
+        if both.any():  # an item in ok and junk: rare (the reference counts it as both)
+            both_before = np.concatenate([[0], np.cumsum(both)])
+            junk_before += both_before[ok_idx] - both_before[row_first][qrow]
         rho = pos[ok_idx] - junk_before  # 0-based position after junk removal
         # index of each positive among the retrieved positives of its query
         j = (np.arange(qrow.size) - ok_start[qrow]).astype(np.float64)
