@@ -51,6 +51,10 @@ _PER_ROW_TAKE = 1 << 10
 # Rankings with at least this many entries in all are scanned by several threads (memory-bound gather).
 _THREADED_ENTRIES = 1 << 22
 _MAX_THREADS = 8
+# Lookup tables of up to this many cells (two tables of 1 byte per cell) stay allocated per thread between
+# calls of revisited_map; larger ones live for one call.
+_KEPT_TABLE_CELLS = 1 << 22
+_TABLES = threading.local()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -165,13 +169,12 @@ def _special_entries(
     starts_ok = np.concatenate([[0], np.cumsum(sizes_ok)])
     starts_junk = np.concatenate([[0], np.cumsum(sizes_junk)])
 
-    local = threading.local()
+    # lookup tables: at most this many cells are kept per thread between calls, larger ones for one call
+    local = _TABLES if chunk * width <= _KEPT_TABLE_CELLS else threading.local()
 
     def tables(size: int) -> tuple[np.ndarray, np.ndarray]:
-        """This thread's zeroed lookup tables of ``size`` cells, reused across chunks: fresh ``np.zeros``
-        tables are page-faulted in on every chunk (it cost about a third of the scan at 1k x 100k)."""
-        if chunk >= nq:  # one chunk: nothing to reuse
-            return np.zeros(size, np.uint8), np.zeros(size, bool)
+        """This thread's all-zero lookup tables of ``size`` cells (``scan`` resets the cells it sets), reused
+        across chunks and calls: fresh ``np.zeros`` tables are page-faulted in every time they are touched."""
         if getattr(local, "size", -1) < size:
             local.flags = np.zeros(size, np.uint8)  # [c, width] flattened: bit 1 = ok, bit 2 = junk
             local.special = np.zeros(size, bool)  # flags != 0 (bool nonzero is NumPy's fast path)
@@ -183,39 +186,40 @@ def _special_entries(
         c = q1 - q0
         flags, special = tables(c * width)
         touched = []
-        for items, sizes, starts, bit in (
-            (all_ok, sizes_ok, starts_ok, 1),
-            (all_junk, sizes_junk, starts_junk, 2),
-        ):
-            items = items[starts[q0] : starts[q1]]
-            cells = np.repeat(np.arange(0, c * width, width), sizes[q0:q1]) + items
-            cells = cells[items >= 0]
-            special[cells] = True
-            if bit == 1:
-                flags[cells] = 1
+        try:
+            for items, sizes, starts, bit in (
+                (all_ok, sizes_ok, starts_ok, 1),
+                (all_junk, sizes_junk, starts_junk, 2),
+            ):
+                items = items[starts[q0] : starts[q1]]
+                cells = np.repeat(np.arange(0, c * width, width), sizes[q0:q1]) + items
+                cells = cells[items >= 0]
+                touched.append(cells)
+                special[cells] = True
+                if bit == 1:
+                    flags[cells] = 1
+                else:
+                    flags[cells] += 2  # buffered: a repeated junk id still adds 2 once
+            block = ranks[q0:q1]
+            if per_row:
+                gathered = np.empty((c, k), dtype=bool)
+                for i in range(c):
+                    special[i * width : (i + 1) * width].take(block[i], out=gathered[i], mode="clip")
+                hits = np.flatnonzero(gathered)
             else:
-                flags[cells] += 2  # buffered: a repeated junk id still adds 2 once
-            touched.append(cells)
-        block = ranks[q0:q1]
-        if per_row:
-            gathered = np.empty((c, k), dtype=bool)
-            for i in range(c):
-                special[i * width : (i + 1) * width].take(block[i], out=gathered[i], mode="clip")
-            hits = np.flatnonzero(gathered)
-        else:
-            flat = block + np.arange(0, c * width, width, dtype=np.int64)[:, None]
-            hits = np.flatnonzero(special.take(flat, mode="clip"))
-        # hits are sorted: each row's first hit by one searchsorted (cheaper than divmod over all hits)
-        bounds = np.searchsorted(hits, np.arange(c + 1) * k) if k else np.zeros(c + 1, np.int64)
-        row = np.repeat(np.arange(c), np.diff(bounds))
-        pos = hits - row * k
-        item = block.ravel()[hits]
-        valid = (item >= 0) & (item < width)
-        if not valid.all():
-            row, pos, item = row[valid], pos[valid], item[valid]
-        f = flags[row * width + item]
-        if chunk < nq:
-            for cells in touched:  # back to all-zero tables for the next chunk
+                flat = block + np.arange(0, c * width, width, dtype=np.int64)[:, None]
+                hits = np.flatnonzero(special.take(flat, mode="clip"))
+            # hits are sorted: each row's first hit by one searchsorted (cheaper than divmod over all hits)
+            bounds = np.searchsorted(hits, np.arange(c + 1) * k) if k else np.zeros(c + 1, np.int64)
+            row = np.repeat(np.arange(c), np.diff(bounds))
+            pos = hits - row * k
+            item = block.ravel()[hits]
+            valid = (item >= 0) & (item < width)
+            if not valid.all():
+                row, pos, item = row[valid], pos[valid], item[valid]
+            f = flags[row * width + item]
+        finally:  # back to all-zero tables for the next chunk or call, also after an error
+            for cells in touched:
                 special[cells] = False
                 flags[cells] = 0
         return q0, q1, row, pos, (f & 1).astype(bool), (f & 2).astype(bool)

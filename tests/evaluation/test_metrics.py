@@ -410,3 +410,23 @@ def test_negative_flip_rate():
     assert M.negative_flip_rate(old, new) == pytest.approx(1 / 4)
     assert M.negative_flip_rate([True, False], [False, False]) == pytest.approx(0.5)
     assert math.isnan(M.negative_flip_rate([np.nan], [1.0]))
+
+
+def test_lookup_tables_are_clean_after_an_error_and_between_calls(monkeypatch):
+    # the scan keeps its lookup tables between calls and resets the cells it set, also when it fails
+    rng = np.random.default_rng(12)
+    ranks, gnd = random_case(rng, nq=9, n_db=50, k=50, overlap=True, duplicates=True)
+    other_ranks, other_gnd = random_case(rng, nq=9, n_db=50, k=50, overlap=False, duplicates=False)
+    real_flatnonzero = np.flatnonzero
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("injected failure after the tables were filled")
+
+    monkeypatch.setattr(M.np, "flatnonzero", failing)
+    with pytest.raises(RuntimeError, match="injected"):
+        M.revisited_map(ranks, gnd)
+    monkeypatch.setattr(M.np, "flatnonzero", real_flatnonzero)
+    for r, g in ((other_ranks, other_gnd), (ranks, gnd), (other_ranks, other_gnd)):
+        got, ref = M.revisited_map(r, g), brute_revisited(r, g, (1, 5, 10))
+        np.testing.assert_allclose(got[1], ref[1], atol=1e-12, rtol=0)
+        np.testing.assert_allclose(got[3], ref[3], atol=1e-12, rtol=0)
