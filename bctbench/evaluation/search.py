@@ -15,8 +15,8 @@ How (two stages, per block of queries):
    matmul touches every score. On CPU the work is cut into *lanes* (a query chunk, or a share of its
    gallery blocks when there are fewer query chunks than threads, ``_lanes``); each Python thread owns whole
    lanes and runs their matmuls and selections single-threaded, so a score block is selected by the core
-   that just computed it and threads meet only once per gallery span. float32 scores differ from the canonical score by at most
-   ``eps / 2`` with ``eps = 2.5 (D + 8) 2^-24``: a D-term float32 dot product of unit vectors is off by at
+   that just computed it and threads meet only once per gallery span. float32 scores differ from the
+   canonical score by at most ``eps / 2`` with ``eps = 2.5 (D + 8) 2^-24``: a D-term float32 dot product of unit vectors is off by at
    most ``D 2^-24`` in any summation order, the float32 unit vectors of stage 1 differ from the canonical
    ones by at most 3 ulps per element (<= ``6 2^-24`` on the score), and a 25 % margin on top. So float32
    order can only be wrong between items whose float32 scores are within ``eps``.
@@ -571,15 +571,14 @@ def _search(query, gallery, topk, backend, chunk_size, device) -> tuple[np.ndarr
             if threads > 1:  # as many slices per thread (NumPy releases the GIL in the heavy calls)
                 n_slices = -(-n_slices // threads) * threads
             step = -(-(q1 - q0) // n_slices)
-
             exact = functools.partial(_exact_rows, q, g, qn, approx, cand, k, eps, full, cg, dev)
             starts = range(0, q1 - q0, step)
             if threads > 1:
                 with ThreadPoolExecutor(threads) as pool:
-                    parts = list(pool.map(exact, starts, [step] * len(starts)))
+                    slices = list(pool.map(exact, starts, [step] * len(starts)))
             else:
-                parts = [exact(s, step) for s in starts]
-            out[q0:q1] = np.concatenate(parts) if len(parts) > 1 else parts[0]
+                slices = [exact(s, step) for s in starts]
+            out[q0:q1] = np.concatenate(slices) if len(slices) > 1 else slices[0]
     return out, qn_all, g
 
 
