@@ -367,7 +367,7 @@ def _candidates_torch(q, g, q0, q1, kp, full, cq, cg, dev):
     span = cg if dev.type != "cpu" else max(cg, _SPAN_BYTES // (4 * g.shape[1]) // cg * cg)
     # one reused score block per thread: a fresh 16 MiB block per matmul comes from mmap and is
     # page-faulted in every time (the matmul then ran ~1.3x slower than with a reused block)
-    buffers = [torch.empty(min(cq, nb) * cg, device=dev) for _ in range(min(workers, len(lanes)))]
+    buffers = [torch.empty(cq * cg, device=dev) for _ in range(min(workers, len(lanes)))]
 
     def run_lanes(thread: int, s0: int, s1: int, gn: torch.Tensor) -> None:
         buf = buffers[thread]
