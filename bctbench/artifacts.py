@@ -77,7 +77,7 @@ class ArtifactStore:
         self._memo: dict[str, dict[str, torch.Tensor]] = {}
 
     def key(self, kind: str) -> str:
-        blob = json.dumps([self.old.sha256, self.split_sha256, kind, repr(self.transform)])
+        blob = json.dumps([self.old.identity, self.split_sha256, kind, repr(self.transform)])
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
     def get(self, kind: str) -> dict[str, torch.Tensor]:
@@ -136,7 +136,7 @@ class ArtifactStore:
 
         # eval() first: extract_features restores the wrapper's mode afterwards, and a fresh wrapper is in train
         # mode, which would leave the frozen old embedder (BN running statistics) training
-        encoder = Encoder(self.old.model.embedder, f"old:{self.old.sha256}").eval()
+        encoder = Encoder(self.old.model.embedder, f"old:{self.old.identity}").eval()
         return self._embed(encoder, images, device=self.device, desc="old features")
 
     def _compute_old_classifier(self) -> dict[str, torch.Tensor]:

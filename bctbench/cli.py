@@ -10,8 +10,9 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from bctbench.errors import BCTBenchError
+from bctbench.errors import BCTBenchError, ConfigError
 
 log = logging.getLogger("bctbench")
 
@@ -67,10 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmark", "-b", required=True)
     _add_roots(p)
 
-    p = sub.add_parser("train-old", help="train (or register) the benchmark's shared old model")
+    p = sub.add_parser(
+        "train-old", help="train, reuse (pinned) or register the benchmark's old model per seed"
+    )
     p.add_argument("--benchmark", "-b", required=True)
-    p.add_argument("--checkpoint", default=None, help="register this checkpoint instead of training")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--checkpoint", default=None, help="register this checkpoint for the seed instead of training"
+    )
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the spec's seeds")
+    p.add_argument(
+        "--pin",
+        action="store_true",
+        help="train afresh and write benchmarks/old_models/<benchmark>/seed<k>.pt (maintainers)",
+    )
     _add_roots(p)
     _add_runtime(p)
 
@@ -78,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmark", "-b", required=True)
     p.add_argument("--method", "-m", required=True)
     p.add_argument("--seed", type=int, default=0)
+    _add_reference(p)
     _add_roots(p)
     _add_runtime(p)
 
@@ -85,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmark", "-b", required=True)
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the spec's seeds")
     p.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
+    _add_reference(p)
     _add_roots(p)
     _add_runtime(p)
 
@@ -114,8 +126,29 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="methods of an extra headline backfilling plot (backfill_<eval_set>_headline_selected.png)",
     )
-    p.add_argument("--results-root", default=None)
+    p.add_argument(
+        "--results-root", default=None, help="your runs (default: $BCTBENCH_RESULTS or ./results/local)"
+    )
+    p.add_argument(
+        "--reference-root",
+        default=None,
+        help="reference results shown beside yours (default: results/reference)",
+    )
+    p.add_argument("--no-reference", action="store_true", help="show only the results root")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse (exit 2) instead of listing results that are not comparable",
+    )
     return parser
+
+
+def _add_reference(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--reference",
+        action="store_true",
+        help="write into the committed reference results (clean git tree only; maintainers)",
+    )
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
@@ -186,15 +219,32 @@ def _cmd_train_old(args: argparse.Namespace) -> int:
     from bctbench import pipeline
 
     ctx = pipeline.RunContext.create(args.benchmark, args.data_root, args.cache_root, args.results_root)
-    old = pipeline.ensure_old_model(ctx, _runtime_from_args(args), checkpoint=args.checkpoint, seed=args.seed)
-    print(f"old model: {old.path} (sha256 {old.sha256})")
+    runtime = _runtime_from_args(args)
+    seeds = args.seeds if args.seeds is not None else list(ctx.spec.seeds)
+    if args.checkpoint and len(seeds) != 1:
+        raise ConfigError("--checkpoint registers one old model: give exactly one --seeds value")
+    pins = {}
+    for seed in seeds:
+        if args.pin:
+            old = pipeline.pin_old_model(ctx, seed, runtime)
+            pins[seed] = old.identity
+        else:
+            old = pipeline.ensure_old_model(ctx, runtime, checkpoint=args.checkpoint, seed=seed)
+        print(f"old model {seed}: {old.path} (identity {old.identity})")
+    if pins:
+        print(f"add to {ctx.spec.source} under old_model:")
+        print("  pinned:")
+        for seed, ident in pins.items():
+            print(f"    {seed}: {ident}")
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from bctbench import pipeline
 
-    ctx = pipeline.RunContext.create(args.benchmark, args.data_root, args.cache_root, args.results_root)
+    ctx = pipeline.RunContext.create(
+        args.benchmark, args.data_root, args.cache_root, args.results_root, reference=args.reference
+    )
     pipeline.run(ctx, args.method, seed=args.seed, overrides=args.overrides, runtime=_runtime_from_args(args))
     print(pipeline.render_leaderboard(ctx))
     return 0
@@ -203,7 +253,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_run_all(args: argparse.Namespace) -> int:
     from bctbench import pipeline
 
-    ctx = pipeline.RunContext.create(args.benchmark, args.data_root, args.cache_root, args.results_root)
+    ctx = pipeline.RunContext.create(
+        args.benchmark, args.data_root, args.cache_root, args.results_root, reference=args.reference
+    )
     failed = pipeline.run_all(
         ctx,
         methods=args.methods,
@@ -230,11 +282,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_reevaluate(args: argparse.Namespace) -> int:
     from bctbench import pipeline
     from bctbench.errors import BCTBenchError
-    from bctbench.results import read_results
+    from bctbench.results import read_results, run_label
 
     ctx = pipeline.RunContext.create(args.benchmark, args.data_root, args.cache_root, args.results_root)
     runs = sorted(
-        (r.method, r.seed)
+        (r.method, r.hparams_digest, r.seed)
         for r in read_results(ctx.results_root, ctx.spec.name)
         if (args.methods is None or r.method in args.methods) and (args.seeds is None or r.seed in args.seeds)
     )
@@ -242,13 +294,14 @@ def _cmd_reevaluate(args: argparse.Namespace) -> int:
         print(f"error: no results of {ctx.spec.name} under {ctx.results_root} match", file=sys.stderr)
         return 1
     failed = []
-    for method, seed in runs:
+    for method, digest, seed in runs:
+        label = run_label(method, digest)
         try:
-            pipeline.reevaluate(ctx, method, seed=seed, runtime=_runtime_from_args(args))
-            print(f"re-evaluated {method} seed {seed}")
+            pipeline.reevaluate(ctx, method, seed=seed, runtime=_runtime_from_args(args), digest=digest)
+            print(f"re-evaluated {label} seed {seed}")
         except BCTBenchError as exc:
-            print(f"error: {method} seed {seed}: {exc}", file=sys.stderr)
-            failed.append(f"{method}/seed{seed}")
+            print(f"error: {label} seed {seed}: {exc}", file=sys.stderr)
+            failed.append(f"{label}/seed{seed}")
     print(pipeline.render_leaderboard(ctx))
     if failed:
         print("error: not re-evaluated: " + ", ".join(failed), file=sys.stderr)
@@ -258,12 +311,20 @@ def _cmd_reevaluate(args: argparse.Namespace) -> int:
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
     from bctbench.leaderboard import render
-    from bctbench.paths import resolve_results_root
+    from bctbench.paths import REFERENCE_ROOT, resolve_results_root
 
     root = resolve_results_root(args.results_root)
+    reference = None if args.no_reference else Path(args.reference_root or REFERENCE_ROOT)
     plots = args.plots if args.plots is not None else root / args.benchmark / "plots"
     text = render(
-        root, args.benchmark, fmt=args.format, out=args.out, plots_dir=plots, curve_methods=args.curve_methods
+        root,
+        args.benchmark,
+        fmt=args.format,
+        out=args.out,
+        plots_dir=plots,
+        curve_methods=args.curve_methods,
+        reference_root=reference,
+        strict=args.strict,
     )
     if args.out is None:
         print(text)

@@ -97,11 +97,17 @@ class TrainingSpec:
 
 @dataclass(frozen=True)
 class OldModelSpec:
-    """The shared old model: trained with ``epochs`` of the recipe on the old split, or a given checkpoint."""
+    """The old models, one per seed: old model k is trained with seed k and ``epochs`` of the recipe on the
+    old split, or given as ``checkpoint`` (``{seed}`` in the path is replaced by k).
+
+    ``pinned`` maps a seed to the content identity (:func:`bctbench.identity.state_identity`) of its old
+    model. A pinned seed's model is the committed file ``benchmarks/old_models/<benchmark>/seed<k>.pt`` (or the
+    given checkpoint), verified against the identity on every use, so every machine runs against the same
+    old gallery."""
 
     epochs: int
     checkpoint: str | None = None
-    sha256: str | None = None
+    pinned: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -221,6 +227,18 @@ def validate_spec(spec: BenchmarkSpec, where: str) -> None:
         )
     _require(m.embed_dim > 0, f"{where}: models.embed_dim", "must be positive")
     _require(t.epochs > 0 and o.epochs > 0, f"{where}: training.epochs/old_model.epochs", "must be positive")
+    _require(isinstance(o.pinned, dict), f"{where}: old_model.pinned", "expected a mapping seed -> identity")
+    for seed, ident in o.pinned.items():
+        _require(
+            isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0,
+            f"{where}: old_model.pinned",
+            f"key {seed!r} is not a seed (integer >= 0)",
+        )
+        _require(
+            isinstance(ident, str) and len(ident) == 64 and all(c in "0123456789abcdef" for c in ident),
+            f"{where}: old_model.pinned.{seed}",
+            "expected a 64-character hex identity",
+        )
     _require(t.batch_size > 1, f"{where}: training.batch_size", "must be > 1")
     _require(t.image_size >= 16, f"{where}: training.image_size", "must be >= 16")
     _require(

@@ -1,26 +1,19 @@
-"""Leaderboard: a pure function of the results folder (``results/<benchmark>/<method>/seed<k>.json``).
+"""Leaderboard: a pure function of result files, gated for comparability and stated with honest uncertainty.
 
-Pipeline: :func:`load_results` (RunResult files -> tidy DataFrame) -> :func:`leaderboard` (DataFrame -> one row
-per method) -> :func:`to_markdown` / :func:`to_csv` / :func:`to_latex`, and :func:`plot_leaderboard`.
-
-Rows: the reference ``old→old`` (old model, from every run's old→old rows), the paragon ``independent`` (φ*)
-and every other method, sorted by P_1 descending (missing P_1 last, ties by name).
+Pipeline: read the reference results (``results/reference``) and the user's results root →
+:func:`bctbench.comparability.gate` (admit only results that agree on spec, data, split, per-seed old model and
+hyperparameters; list the others apart) → :func:`leaderboard` (one row per run label and origin, 95 % CIs,
+paired ✓/≈/✗ verdicts, tiers) → :func:`to_markdown` / :func:`to_csv` / :func:`to_latex`, and
+:func:`plot_leaderboard`.
 
 Columns, for each eval set at its *primary* (protocol, metric) taken from the results' ``primary`` field (no
-dataset names are hard-coded): ``cross`` = new→old (query by the row's model, gallery by the old model) and
-``self`` = new→new; the ``old→old`` row shows M(old→old) in both. Cells aggregate seeds: mean, std (ddof=1) and
-n. Then per eval set the empirical compatibility flags of Shen et al. on the means, (a) cross > old→old and (b)
-self > old→old; AdvBCT's P_up, P_comp and P_1 (``evaluation.md`` §5.2); the backfilling AUC of the first
-eval set's primary metric (``random`` order, per run averaged over order seeds), one column per backfilling mode
-present (``mixed``; ``merge`` = distance rank merge, evaluation.md §6.1); the run flags.
-
-P-metric convention: computed **per seed** from that seed's self/cross values against the seed-averaged
-old→old and φ* self-test means, then mean ± std over seeds (so the spread reflects the method only). φ* gets
-P_comp only (P_up and P_1 are "–"). The old→old value of a seed is the mean of that seed's runs' old→old rows
-(all runs of a benchmark share one old model, so these agree up to evaluation nondeterminism).
+dataset names are hard-coded): ``cross`` = new→old (query by the row's model, gallery by the old model of the
+same seed) and ``self`` = new→new; the ``old→old`` row shows old model k's self-test over seeds k in both. Then
+the compatibility verdicts, AdvBCT's P_up, P_comp and P_1 (``docs``: evaluation), the backfilling AUC of the
+first eval set's primary metric per backfilling mode present, the row's backfilling summary and flags.
 
 Numbers in the DataFrame are raw (mAP and AUC as fractions, P-metrics in 0–100); renderers show mAP and AUC
-×100 with two decimals as ``mean ± std (n)``.
+×100 with two decimals as ``mean ± CI half-width (n)``.
 """
 
 from __future__ import annotations
@@ -28,16 +21,29 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from bctbench.comparability import REFERENCE as ORIGIN_REF
+from bctbench.comparability import Entry, gate
 from bctbench.errors import BCTBenchError, ConfigError
-from bctbench.evaluation.metrics import backfill_auc, compatibility_scores
+from bctbench.evaluation.metrics import backfill_auc, p_scores
 from bctbench.results import ROW_KEYS, RunResult, read_results
+from bctbench.statistics import (
+    Comparison,
+    Interval,
+    bootstrap_metric,
+    combined_interval,
+    landmark_bootstrap_weights,
+    min_detectable_difference,
+    paired_comparison,
+    significantly_best,
+    tiers,
+)
 
 REFERENCE = "old→old"
 PARAGON = "independent"
@@ -70,6 +76,7 @@ __all__ = [
     "leaderboard",
     "plot_leaderboard",
     "is_sequential",
+    "legend",
     "render",
     "results_frame",
     "sequential_leaderboard",
@@ -91,7 +98,7 @@ def _primary_for(res: RunResult, eval_set: str) -> tuple[str | None, str | None]
     return None, None
 
 
-def results_frame(results: Iterable[RunResult]) -> pd.DataFrame:
+def results_frame(results: Iterable[RunResult], keys: Sequence[str] | None = None) -> pd.DataFrame:
     """Flatten RunResults into one tidy frame with a ``kind`` column (columns: :data:`FRAME_COLUMNS`).
 
     * ``kind="metric"``: one row per metric row (``value`` is a fraction);
@@ -99,14 +106,16 @@ def results_frame(results: Iterable[RunResult]) -> pd.DataFrame:
       ``order_seed``; ``query_model``/``gallery_model`` empty);
     * ``kind="backfill_auc"``: one row per curve with its AUC (stored ``auc``, else the trapezoid AUC).
 
-    Every row carries ``benchmark, method, seed, flags`` (sorted, comma-joined), ``backfill_mode`` (the run's
+    Every row carries ``benchmark, method`` (the row key: ``keys[i]`` or the run label), ``seed, flags`` (sorted, comma-joined), ``backfill_mode`` (the run's
     headline backfilling mode, ``curves["backfill_mode"]``, default ``mixed``) and its eval set's primary
     ``primary_protocol`` / ``primary_metric``. Row order follows the results and their metric order, which fixes
     the eval-set order of the leaderboard.
     """
     rows: list[dict[str, Any]] = []
-    for res in results:
-        base = {"benchmark": res.benchmark, "method": res.method, "seed": int(res.seed)}
+    results = list(results)
+    keys = list(keys) if keys is not None else [r.label for r in results]
+    for res, key in zip(results, keys, strict=True):
+        base = {"benchmark": res.benchmark, "method": key, "seed": int(res.seed)}
         base["flags"] = ",".join(sorted(set(res.flags)))
         base["backfill_mode"] = str(res.curves.get("backfill_mode") or AUC_MODE)  # the method's headline mode
         primaries: dict[str, tuple[str | None, str | None]] = {}
@@ -144,27 +153,13 @@ def results_frame(results: Iterable[RunResult]) -> pd.DataFrame:
     return df.astype({"seed": "int64", "value": "float64", "fraction": "float64"})
 
 
-def load_results(results_root: str | os.PathLike, benchmark: str) -> pd.DataFrame:
+def load_results(results_root: str | os.PathLike, benchmark: str) -> pd.DataFrame:  # frame for plots
     """Read ``results_root/<benchmark>/*/seed*.json`` (bad files skipped with a warning) -> :func:`results_frame`."""
     return results_frame(read_results(results_root, benchmark))
 
 
-# ---------------------------------------------------------------------- aggregation
-def _stats(values: Iterable[float]) -> tuple[float, float, int]:
-    arr = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
-    n = int(arr.size)
-    if n == 0:
-        return math.nan, math.nan, 0
-    return float(arr.mean()), float(arr.std(ddof=1)) if n > 1 else math.nan, n
-
-
-def _per_seed(sel: pd.DataFrame) -> dict[int, float]:
-    grouped = sel.groupby("seed", sort=True)["value"].mean()
-    return {int(s): float(v) for s, v in grouped.items()}
-
-
 def _eval_sets(df: pd.DataFrame) -> list[tuple[str, str, str]]:
-    """``[(eval_set, protocol, metric)]`` in order of first appearance, with each set's primary pair."""
+    """``[(eval_set, protocol, metric)]`` of a :func:`results_frame`, in order of first appearance."""
     out: list[tuple[str, str, str]] = []
     seen: set[str] = set()
     m = df[df["kind"] == "metric"]
@@ -176,202 +171,400 @@ def _eval_sets(df: pd.DataFrame) -> list[tuple[str, str, str]]:
     return out
 
 
+# ---------------------------------------------------------------------- aggregation
+N_BOOT, BOOT_SEED, LEVEL = 1000, 0, 0.95
+STAT_SUFFIXES = ("lo", "hi", "n", "seed_sd", "test_se")
+
+
+def _primary_sets(results: Sequence[RunResult]) -> list[tuple[str, str, str]]:
+    """``[(eval_set, protocol, metric)]`` in order of first appearance, each at its primary pair."""
+    out: list[tuple[str, str, str]] = []
+    for res in results:
+        for row in res.metrics:
+            es = row["eval_set"]
+            if es not in {e for e, _, _ in out}:
+                p, met = _primary_for(res, es)
+                if p is not None and met is not None:
+                    out.append((es, p, met))
+    return out
+
+
 def value_column(eval_set: str, protocol: str, metric: str, pair: tuple[str, str]) -> str:
     """Leaderboard column name of one (eval set, protocol, metric, query→gallery) cell."""
     return f"{eval_set} {protocol} {metric} {pair[0]}→{pair[1]}"
 
 
-def _stat_cols(name: str) -> tuple[str, str, str]:
-    return name, f"{name} std", f"{name} n"
+def _stat_cols(name: str) -> list[str]:
+    return [name, *(f"{name} {s}" for s in STAT_SUFFIXES)]
 
 
-def leaderboard(df: pd.DataFrame) -> pd.DataFrame:
-    """Aggregate a :func:`load_results` frame into one row per method (see the module docstring).
+def _interval_fields(name: str, iv: Interval) -> dict[str, Any]:
+    return dict(zip(_stat_cols(name), (iv.mean, iv.low, iv.high, iv.n, iv.seed_sd, iv.test_se), strict=True))
 
-    Columns: ``method`` (display label), ``key`` (method name), ``role`` (``reference`` / ``paragon`` /
-    ``method``), ``flags``, ``seeds``; for each eval set ``<es> <protocol> <metric> new→old`` and ``... new→new``
-    (each with ``... std`` and ``... n`` companions) and ``<es> cross>old`` / ``<es> self>old`` (bool or None);
-    ``P_up``, ``P_comp``, ``P_1`` (with std / n); ``AUC <es> <protocol> <metric> mixed/random`` (with std / n).
-    Raises :class:`~bctbench.errors.ConfigError` when ``df`` mixes benchmarks.
+
+_EMPTY = Interval(math.nan, math.nan, math.nan, 0, math.nan, math.nan, math.nan, math.nan)
+
+
+class _Sample:
+    """Per-seed values of one quantity and, when every seed has them, bootstrap replicates ``float[B]``."""
+
+    def __init__(self) -> None:
+        self.value: dict[int, float] = {}
+        self.boot: dict[int, np.ndarray | None] = {}
+
+    def add(self, seed: int, value: float, boot: np.ndarray | None) -> None:
+        if value is not None and math.isfinite(value):
+            self.value[seed] = float(value)
+            self.boot[seed] = boot
+
+    def arrays(self, seeds: Sequence[int]) -> tuple[np.ndarray, np.ndarray | None]:
+        vals = np.array([self.value[s] for s in seeds], dtype=np.float64)
+        boots = [self.boot[s] for s in seeds]
+        if not seeds or any(b is None for b in boots):
+            return vals, None
+        return vals, np.stack(boots)
+
+    def interval(self) -> Interval:
+        seeds = sorted(self.value)
+        return combined_interval(*self.arrays(seeds), level=LEVEL) if seeds else _EMPTY
+
+
+def _paired(a: _Sample, b: _Sample) -> Comparison | None:
+    seeds = sorted(set(a.value) & set(b.value))
+    if not seeds:
+        return None
+    if len(seeds) < 2:  # one seed: training randomness unknown, no verdict either way
+        d = a.value[seeds[0]] - b.value[seeds[0]]
+        return Comparison(d, math.nan, math.nan, math.nan, 1, "≈")
+    va, ba = a.arrays(seeds)
+    vb, bb = b.arrays(seeds)
+    if ba is None or bb is None:
+        ba = bb = None
+    return paired_comparison(va, vb, ba, bb, level=LEVEL)
+
+
+class _Bootstrap:
+    """Landmark-bootstrap replicates of per-query scores, one shared weight matrix per eval set."""
+
+    def __init__(self, results: Sequence[RunResult], n_boot: int, seed: int) -> None:
+        self.weights: dict[str, np.ndarray] = {}
+        for res in results:
+            for es, pq in (res.per_query or {}).items():
+                if es not in self.weights and isinstance(pq, Mapping) and pq.get("groups"):
+                    groups = np.asarray(pq["groups"], dtype=np.int64)
+                    self.weights[es] = landmark_bootstrap_weights(groups, n_boot, seed)
+
+    def __call__(self, res: RunResult, es: str, protocol: str, metric: str, pair: tuple[str, str]):
+        """``float[B]`` replicates of the pair's metric, or None when the result lacks per-query scores."""
+        pq = (res.per_query or {}).get(es)
+        w = self.weights.get(es)
+        if (
+            not isinstance(pq, Mapping)
+            or w is None
+            or (pq.get("protocol"), pq.get("metric")) != (protocol, metric)
+        ):
+            return None
+        scores = (pq.get("scores") or {}).get(f"{pair[0]}|{pair[1]}")
+        if scores is None or len(scores) != w.shape[1]:
+            return None
+        ap = np.array([math.nan if v is None else float(v) for v in scores], dtype=np.float64)
+        return bootstrap_metric(ap, w)
+
+
+def _as_entries(items: Iterable[RunResult | Entry]) -> list[Entry]:
+    return [x if isinstance(x, Entry) else Entry(x) for x in items]
+
+
+def leaderboard(
+    items: Iterable[RunResult | Entry],
+    *,
+    n_boot: int = N_BOOT,
+    boot_seed: int = BOOT_SEED,
+    apart: Sequence[str] = (),
+    code_versions: Sequence[str] = (),
+) -> pd.DataFrame:
+    """One row per (origin, run label) from admitted results (:func:`bctbench.comparability.gate`).
+
+    Rows: ``old→old`` (per seed k: old model k's self-test), the paragon ``independent`` (φ*) and every other
+    run label, the user's rows (``origin == "yours"``) beside the reference row of the same label. For each
+    eval set at its primary (protocol, metric): ``cross`` = new→old and ``self`` = new→new cells, each the
+    mean over seeds with a 95 % CI (:func:`bctbench.statistics.combined_interval`: seed-to-seed t part and a
+    landmark bootstrap of the test-set error, ``n_boot`` rounds shared by every run); companions ``lo``,
+    ``hi``, ``n``, ``seed_sd`` and ``test_se``. ``<es> cross>old`` / ``<es> self>old``: ✓ / ≈ / ✗ from a paired
+    test against the same seed's old→old. ``P_up``, ``P_comp``, ``P_1`` per seed against that seed's
+    old→old and φ* (bootstrapped the same way). ``tier``: groups by paired tests on P_1 with Holm correction
+    (1 = not significantly below the best); ``best``: True only for a significantly best row. Backfilling AUC
+    columns (mean with a seeds-only t interval). ``attrs``: ``eval_sets``, ``apart``, ``code_versions``,
+    ``mdd`` (minimal detectable P_1 difference), ``n_boot``.
     """
-    benchmarks = sorted(set(df["benchmark"]))
+    entries = _as_entries(items)
+    results = [e.result for e in entries]
+    benchmarks = sorted({r.benchmark for r in results})
     if len(benchmarks) > 1:
         raise ConfigError(f"leaderboard needs results of one benchmark, got {', '.join(benchmarks)}")
-    eval_sets = _eval_sets(df)
-    metrics = df[df["kind"] == "metric"]
-    methods = sorted(set(df["method"]))
+    eval_sets = _primary_sets(results)
+    boot = _Bootstrap(results, n_boot, boot_seed)
+    groups: dict[str, list[Entry]] = {}
+    for e in sorted(entries, key=lambda e: (e.origin != ORIGIN_REF, e.result.label, e.result.seed)):
+        groups.setdefault(e.row, []).append(e)
 
-    def sel(es: str, p: str, met: str, pair: tuple[str, str], method: str | None = None) -> pd.DataFrame:
-        mask = (
-            (metrics["eval_set"] == es)
-            & (metrics["protocol"] == p)
-            & (metrics["metric"] == met)
-            & (metrics["query_model"] == pair[0])
-            & (metrics["gallery_model"] == pair[1])
-        )
-        if method is not None:
-            mask &= metrics["method"] == method
-        return metrics[mask]
-
-    old: dict[str, tuple[float, float, int]] = {}
-    paragon: dict[str, float] = {}
-    per_seed: dict[str, dict[str, dict[tuple[str, str], dict[int, float]]]] = {m: {} for m in methods}
+    # old model k's self-test: the same for every run of seed k (reference runs first)
+    old: dict[str, _Sample] = {es: _Sample() for es, _, _ in eval_sets}
     for es, p, met in eval_sets:
-        old[es] = _stats(_per_seed(sel(es, p, met, OLD)).values())
-        for m in methods:
-            per_seed[m][es] = {pair: _per_seed(sel(es, p, met, pair, m)) for pair in (CROSS, SELF)}
-        paragon[es] = _stats(per_seed.get(PARAGON, {}).get(es, {}).get(SELF, {}).values())[0]
+        for e in sorted(entries, key=lambda e: e.origin != ORIGIN_REF):
+            r = e.result
+            if r.seed not in old[es].value:
+                old[es].add(r.seed, r.value(es, p, OLD[0], OLD[1], met), boot(r, es, p, met, OLD))
+
+    samples: dict[str, dict[tuple[str, tuple[str, str]], _Sample]] = {}
+    for row, members in groups.items():
+        samples[row] = {}
+        for es, p, met in eval_sets:
+            for pair in (CROSS, SELF):
+                s = samples[row][(es, pair)] = _Sample()
+                for e in members:
+                    s.add(
+                        e.result.seed,
+                        e.result.value(es, p, pair[0], pair[1], met),
+                        boot(e.result, es, p, met, pair),
+                    )
+
+    paragon_row = next((r for r in (PARAGON, f"{PARAGON} (yours)") if r in groups), None)
+    usable = [es for es, _, _ in eval_sets if old[es].value]
+
+    def p_samples(row: str) -> dict[str, _Sample]:
+        """P-metrics per seed (and per bootstrap round) against the seed's old→old and φ*."""
+        out = {c: _Sample() for c in P_COLUMNS}
+        if paragon_row is None or not usable:
+            return out
+        mine, par = samples[row], samples[paragon_row]
+        for seed in sorted({e.result.seed for e in groups[row]}):
+            needed = [
+                sample
+                for es in usable
+                for sample in (mine[(es, SELF)], mine[(es, CROSS)], old[es], par[(es, SELF)])
+            ]
+            if all(seed in sample.value for sample in needed):
+                parts = [(sample.value[seed], sample.boot[seed]) for sample in needed]
+                with_boot = all(b is not None for _, b in parts)
+                cols = [np.concatenate([[v], b]) if with_boot else np.array([v]) for v, b in parts]
+                arr = np.stack(cols).reshape(len(usable), 4, -1)  # [E, (self, cross, old, φ*), 1 + B]
+                sc = p_scores(
+                    None if row == paragon_row else arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3], beta=1.0
+                )
+                for col, key in zip(P_COLUMNS, ("P_up", "P_comp", "P_beta"), strict=True):
+                    out[col].add(seed, float(sc[key][0]), sc[key][1:] if with_boot else None)
+        return out
 
     auc_spec = eval_sets[0] if eval_sets else None
-    auc_rows = df[(df["kind"] == "backfill_auc") & (df["order"] == AUC_ORDER)]
-    if auc_spec:
-        auc_rows = auc_rows[
-            (auc_rows["eval_set"] == auc_spec[0])
-            & (auc_rows["protocol"] == auc_spec[1])
-            & (auc_rows["metric"] == auc_spec[2])
-        ]
-    # one AUC column per backfilling mode present (mixed always, when there is an eval set)
-    auc_modes = [m for m in AUC_MODES if m == AUC_MODE or (auc_rows["mode"] == m).any()] if auc_spec else []
-    auc_cols = {
-        mode: f"AUC {auc_spec[0]} {auc_spec[1]} {auc_spec[2]} {mode}/{AUC_ORDER}" for mode in auc_modes
-    }
-
-    def base_row(label: str, key: str, role: str, flags: str, seeds: int) -> dict[str, Any]:
-        return {"method": label, "key": key, "role": role, "flags": flags, "seeds": seeds}
-
     rows: list[dict[str, Any]] = []
-    ref = base_row(
-        REFERENCE, REFERENCE, "reference", "", int(metrics[metrics["query_model"] == "old"]["seed"].nunique())
+    ref: dict[str, Any] = {"method": REFERENCE, "key": REFERENCE, "name": REFERENCE, "origin": ORIGIN_REF}
+    ref.update(
+        {
+            "role": "reference",
+            "flags": "",
+            "seeds": len(set().union(*(o.value for o in old.values()))) if old else 0,
+        }
     )
     for es, p, met in eval_sets:
+        iv = old[es].interval()
         for pair in (CROSS, SELF):
-            ref.update(dict(zip(_stat_cols(value_column(es, p, met, pair)), old[es], strict=True)))
-        ref[f"{es} cross>old"] = None
-        ref[f"{es} self>old"] = None
+            ref.update(_interval_fields(value_column(es, p, met, pair), iv))
+        ref[f"{es} cross>old"] = ref[f"{es} self>old"] = None
     for col in P_COLUMNS:
-        ref.update(dict(zip(_stat_cols(col), (math.nan, math.nan, 0), strict=True)))
-    for auc_col in auc_cols.values():
-        ref.update(dict(zip(_stat_cols(auc_col), (math.nan, math.nan, 0), strict=True)))
-    ref["backfill"] = ""
+        ref.update(_interval_fields(col, _EMPTY))
     rows.append(ref)
 
-    usable = [es for es, _, _ in eval_sets if math.isfinite(old[es][0]) and math.isfinite(paragon[es])]
-    for m in methods:
-        mflags = sorted({f for fl in df.loc[df["method"] == m, "flags"] for f in str(fl).split(",") if f})
-        seeds = sorted(set(df.loc[df["method"] == m, "seed"]))
-        role = "paragon" if m == PARAGON else "method"
-        row = base_row(f"{m} (φ*)" if role == "paragon" else m, m, role, ",".join(mflags), len(seeds))
+    p_all = {row: p_samples(row) for row in groups}
+    for row, members in groups.items():
+        first = members[0].result
+        role = "paragon" if row == paragon_row or first.label == PARAGON else "method"
+        flags = sorted({f for e in members for f in e.result.flags})
+        r: dict[str, Any] = {
+            "method": _display(first.label, role, members[0].origin),
+            "key": row,
+            "name": first.method,
+            "origin": members[0].origin,
+            "role": role,
+            "flags": ",".join(flags),
+            "seeds": len({e.result.seed for e in members}),
+        }
         for es, p, met in eval_sets:
-            means = {}
-            for pair in (CROSS, SELF):
-                stats = _stats(per_seed[m][es][pair].values())
-                row.update(dict(zip(_stat_cols(value_column(es, p, met, pair)), stats, strict=True)))
-                means[pair] = stats[0]
-            o = old[es][0]
-            row[f"{es} cross>old"] = (
-                None if math.isnan(means[CROSS]) or math.isnan(o) else bool(means[CROSS] > o)
-            )
-            row[f"{es} self>old"] = (
-                None if math.isnan(means[SELF]) or math.isnan(o) else bool(means[SELF] > o)
-            )
-
-        pvals: dict[str, list[float]] = {c: [] for c in P_COLUMNS}
-        if usable:
-            for s in seeds:
-                cross = {es: per_seed[m][es][CROSS].get(s, math.nan) for es in usable}
-                self_ = {es: per_seed[m][es][SELF].get(s, math.nan) for es in usable}
-                if not all(math.isfinite(v) for v in (*cross.values(), *self_.values())):
-                    continue  # this seed lacks an eval set: no P-metrics for it
-                sc = compatibility_scores(
-                    None if role == "paragon" else self_,  # φ* is its own reference: P_comp only
-                    cross,
-                    {es: old[es][0] for es in usable},
-                    {es: paragon[es] for es in usable},
-                    beta=1.0,
-                )
-                pvals["P_up"].append(float(sc["P_up"]))
-                pvals["P_comp"].append(float(sc["P_comp"]))
-                pvals["P_1"].append(float(sc["P_beta"]))
+            for pair, verdict in ((CROSS, "cross>old"), (SELF, "self>old")):
+                sample = samples[row][(es, pair)]
+                r.update(_interval_fields(value_column(es, p, met, pair), sample.interval()))
+                cmp = _paired(sample, old[es])
+                r[f"{es} {verdict}"] = cmp.verdict if cmp is not None else None
         for col in P_COLUMNS:
-            row.update(dict(zip(_stat_cols(col), _stats(pvals[col]), strict=True)))
+            r.update(_interval_fields(col, p_all[row][col].interval()))
+        if auc_spec is not None:
+            for mode, values in _auc_per_seed(members, auc_spec).items():
+                r.update(
+                    _interval_fields(_auc_column(auc_spec, mode), combined_interval(values, level=LEVEL))
+                )
+            r["backfill"] = _monotone_summary(members, auc_spec)
+        rows.append(r)
 
-        for mode, auc_col in auc_cols.items():
-            mine = auc_rows[(auc_rows["method"] == m) & (auc_rows["mode"] == mode)]
-            per_run = mine.groupby("seed", sort=True)["value"].mean() if len(mine) else []
-            row.update(dict(zip(_stat_cols(auc_col), _stats(list(per_run)), strict=True)))
-        row["backfill"] = _monotone_summary(df, m, auc_spec) if auc_spec else ""
-        rows.append(row)
+    # tiers on P_1 among rows that have it
+    ranked = [r for r in rows[1:] if math.isfinite(r.get("P_1", math.nan))]
+    names = [r["key"] for r in ranked]
+    scores = np.array([r["P_1"] for r in ranked], dtype=np.float64)
+    pvals: dict[tuple[int, int], float] = {}
+
+    def compare(i: int, j: int) -> float:
+        if (i, j) not in pvals:
+            cmp = _paired(p_all[names[i]]["P_1"], p_all[names[j]]["P_1"])
+            pvals[(i, j)] = pvals[(j, i)] = cmp.p if cmp is not None else math.nan
+        return pvals[(i, j)]
+
+    tier_of = tiers(names, scores, compare) if names else {}
+    best = significantly_best(names, scores, compare) if len(names) > 1 else None
+    for r in rows:
+        r["tier"] = tier_of.get(r["key"])
+        r["best"] = r["key"] == best
+    mdd = _mdd(names, scores, p_all)
 
     def sort_key(r: dict[str, Any]) -> tuple:
         rank = {"reference": 0, "paragon": 1}.get(r["role"], 2)
-        p1 = r.get("P_1", math.nan)
-        return (rank, 0 if math.isfinite(p1) else 1, -p1 if math.isfinite(p1) else 0.0, r["key"])
+        anchor = next((x for x in rows if x["key"] == r["key"].removesuffix(" (yours)")), r)
+        tier = anchor.get("tier") or 10**6
+        p1 = anchor.get("P_1", math.nan)
+        p1 = -p1 if isinstance(p1, float) and math.isfinite(p1) else math.inf
+        return (rank, tier, p1, anchor["key"], r["origin"] != ORIGIN_REF)
 
     rows.sort(key=sort_key)
     lb = pd.DataFrame(rows)
     lb.index = pd.RangeIndex(len(lb))
+    lb.attrs.update(
+        {
+            "eval_sets": eval_sets,
+            "apart": list(apart),
+            "code_versions": list(code_versions),
+            "mdd": mdd,
+            "n_boot": n_boot if boot.weights else 0,
+        }
+    )
     return lb
 
 
-def _monotone_summary(df: pd.DataFrame, method: str, spec: tuple[str, str, str]) -> str:
-    """``"<mode>: monotone k/n"``: how many of the method's random-order curves in its own backfilling mode
+def _display(label: str, role: str, origin: str) -> str:
+    text = f"{label} (φ*)" if role == "paragon" else label
+    return text if origin == ORIGIN_REF else f"{text} (yours)"
+
+
+def _mdd(names: list[str], scores: np.ndarray, p_all: dict[str, dict[str, _Sample]]) -> dict[str, float]:
+    """Minimal detectable P_1 difference (paired t, α 0.05, power 0.8, seed part): from the median sd of the
+    per-seed differences between the best row and each other row."""
+    if len(names) < 2:
+        return {}
+    top = names[int(np.nanargmax(scores))]
+    sds, ns = [], []
+    for other in names:
+        if other == top:
+            continue
+        a, b = p_all[top]["P_1"].value, p_all[other]["P_1"].value
+        seeds = sorted(set(a) & set(b))
+        if len(seeds) >= 2:
+            sds.append(float(np.std([a[s] - b[s] for s in seeds], ddof=1)))
+            ns.append(len(seeds))
+    if not sds:
+        return {}
+    sd, n = float(np.median(sds)), int(np.median(ns))
+    return {"sd": sd, "n": n, "mdd": min_detectable_difference(sd, n)}
+
+
+def _auc_column(spec: tuple[str, str, str], mode: str) -> str:
+    return f"AUC {spec[0]} {spec[1]} {spec[2]} {mode}/{AUC_ORDER}"
+
+
+def _auc_per_seed(members: Sequence[Entry], spec: tuple[str, str, str]) -> dict[str, list[float]]:
+    """Per backfilling mode, each seed's AUC of the random-order curves (mean over order seeds)."""
+    es, p, met = spec
+    out: dict[str, list[float]] = {}
+    for mode in AUC_MODES:
+        values = []
+        for e in members:
+            aucs = [
+                _curve_auc(c)
+                for c in e.result.curves.get("backfill", []) or []
+                if (c["eval_set"], c["protocol"], c["metric"], c["mode"], c["order"])
+                == (es, p, met, mode, AUC_ORDER)
+            ]
+            aucs = [a for a in aucs if math.isfinite(a)]
+            if aucs:
+                values.append(float(np.mean(aucs)))
+        if values or mode == AUC_MODE:
+            out[mode] = values
+    return out
+
+
+def _curve_auc(curve: Mapping[str, Any]) -> float:
+    auc = curve.get("auc")
+    if auc is not None:
+        return float(auc)
+    values = [math.nan if v is None else float(v) for v in curve["values"]]
+    try:
+        return backfill_auc([float(f) for f in curve["fractions"]], values)
+    except BCTBenchError:
+        return math.nan
+
+
+def _monotone_summary(members: Sequence[Entry], spec: tuple[str, str, str]) -> str:
+    """``"<mode>: monotone k/n"``: how many of the row's random-order curves in its own backfilling mode
     (first eval set, primary metric) never decrease from one fraction to the next."""
     es, p, met = spec
-    pts = df[
-        (df["kind"] == "backfill")
-        & (df["method"] == method)
-        & (df["eval_set"] == es)
-        & (df["protocol"] == p)
-        & (df["metric"] == met)
-        & (df["order"] == AUC_ORDER)
-        & (df["mode"] == df["backfill_mode"])
-    ]
-    if pts.empty:
-        return ""
-    flags = [
-        bool(np.all(np.diff(g.sort_values("fraction")["value"].to_numpy()) >= 0))
-        for _, g in pts.groupby(["seed", "order_seed"], dropna=False)
-    ]
-    return f"{pts['mode'].iloc[0]}: monotone {sum(flags)}/{len(flags)}"
+    flags, mode = [], None
+    for e in members:
+        own = str(e.result.curves.get("backfill_mode") or AUC_MODE)
+        for c in e.result.curves.get("backfill", []) or []:
+            if (c["eval_set"], c["protocol"], c["metric"], c["mode"], c["order"]) == (
+                es,
+                p,
+                met,
+                own,
+                AUC_ORDER,
+            ):
+                vals = np.array([math.nan if v is None else float(v) for v in c["values"]])
+                order = np.argsort(np.asarray(c["fractions"], dtype=float), kind="stable")
+                flags.append(bool(np.all(np.diff(vals[order]) >= 0)))
+                mode = own
+    return f"{mode}: monotone {sum(flags)}/{len(flags)}" if flags else ""
 
 
 # ---------------------------------------------------------------------- rendering
 def _value_columns(lb: pd.DataFrame) -> list[str]:
     cols = set(lb.columns)
-    return [c for c in lb.columns if f"{c} std" in cols and f"{c} n" in cols]
+    return [c for c in lb.columns if f"{c} lo" in cols and f"{c} hi" in cols and f"{c} n" in cols]
 
 
 def _scale(col: str) -> float:
     return 1.0 if col in P_COLUMNS else 100.0
 
 
-def _fmt_cell(mean: float, std: float, n: Any, scale: float, pm: str = "±") -> str:
-    if mean is None or not math.isfinite(mean):
+def _finite(x: Any) -> bool:
+    return isinstance(x, int | float | np.floating | np.integer) and math.isfinite(float(x))
+
+
+def _fmt_cell(mean: Any, lo: Any, hi: Any, n: Any, scale: float, pm: str = "±") -> str:
+    """``mean ± half (n)`` (×``scale``); ``half`` is the 95 % CI half-width; ``–`` when there is no mean."""
+    if not _finite(mean):
         return "–"
-    n = int(n) if n is not None and not (isinstance(n, float) and math.isnan(n)) else 0
-    text = f"{mean * scale:.2f}"
-    if std is not None and math.isfinite(std) and n > 1:
-        text += f" {pm} {std * scale:.2f}"
+    n = int(n) if _finite(n) else 0
+    text = f"{float(mean) * scale:.2f}"
+    if _finite(lo) and _finite(hi):
+        text += f" {pm} {(float(hi) - float(lo)) / 2 * scale:.2f}"
     return f"{text} ({n})"
 
 
-def _fmt_flag(v: Any, yes: str = "✓", no: str = "✗") -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    return yes if bool(v) else no
-
-
 def _display_columns(lb: pd.DataFrame) -> list[tuple[str, str, str]]:
-    """``[(header, kind, column)]``: kind ``label`` | ``value`` | ``compat`` (column = eval set) | ``text``."""
+    """``[(header, kind, column)]``: kind ``label`` | ``tier`` | ``value`` | ``compat`` (column = eval set) |
+    ``text``."""
     out: list[tuple[str, str, str]] = [("method", "label", "method")]
-    values = _value_columns(lb)
-    done: set[str] = set()
-    for col in values:
-        if col in done:
-            continue
-        done.add(col)
+    if "tier" in lb.columns:
+        out.append(("tier", "tier", "tier"))
+    for col in _value_columns(lb):
         out.append((col, "value", col))
-        if col.endswith("→new"):  # after an eval set's self column: its compatibility flags
+        if col.endswith("→new"):  # after an eval set's self column: its compatibility verdicts
             es = col.split(" ", 1)[0]
             if f"{es} cross>old" in lb.columns:
                 out.append((f"{es} compat", "compat", es))
@@ -381,9 +574,14 @@ def _display_columns(lb: pd.DataFrame) -> list[tuple[str, str, str]]:
     return out
 
 
-def _cells(
-    lb: pd.DataFrame, pm: str = "±", yes: str = "✓", no: str = "✗"
-) -> tuple[list[str], list[list[str]]]:
+def _verdicts(r: Mapping[str, Any], es: str) -> str:
+    a, b = r.get(f"{es} cross>old"), r.get(f"{es} self>old")
+    if not isinstance(a, str) and not isinstance(b, str):
+        return "–"
+    return f"{a if isinstance(a, str) else '–'}{b if isinstance(b, str) else '–'}"
+
+
+def _cells(lb: pd.DataFrame, pm: str = "±") -> tuple[list[str], list[list[str]]]:
     spec = _display_columns(lb)
     headers = [h for h, _, _ in spec]
     body: list[list[str]] = []
@@ -391,12 +589,11 @@ def _cells(
         line = []
         for _, kind, col in spec:
             if kind == "value":
-                line.append(_fmt_cell(r[col], r[f"{col} std"], r[f"{col} n"], _scale(col), pm))
+                line.append(_fmt_cell(r[col], r[f"{col} lo"], r[f"{col} hi"], r[f"{col} n"], _scale(col), pm))
             elif kind == "compat":
-                a, b = r[f"{col} cross>old"], r[f"{col} self>old"]
-                line.append(
-                    "–" if a is None and b is None else f"{_fmt_flag(a, yes, no)}{_fmt_flag(b, yes, no)}"
-                )
+                line.append(_verdicts(r, col))
+            elif kind == "tier":
+                line.append(str(int(r[col])) if _finite(r[col]) else "–")
             elif kind == "text":
                 v = r[col]
                 line.append(str(v) if isinstance(v, str) and v else "")
@@ -406,26 +603,86 @@ def _cells(
     return headers, body
 
 
+def legend(lb: pd.DataFrame) -> list[str]:
+    """The reading notes printed under every rendering: intervals, verdicts, tiers, and what is apart."""
+    n_boot = int(lb.attrs.get("n_boot", 0) or 0)
+    test = (
+        f"⊕ test-set error from a bootstrap over query landmarks ({n_boot} rounds, the same resamples for every "
+        "run, so paired differences cancel the shared test set)"
+        if n_boot
+        else "(results without per-query scores: seeds only)"
+    )
+    lines = [
+        f"Cells: mean ± half-width of the 95 % CI (n seeds); mAP and AUC ×100, P-metrics 0–100. CI = seed-to-seed "
+        f"t interval {test}, combined as mean ± t_df·√(s²/n + SE²) with Welch–Satterthwaite df; with n = 1 the "
+        "CI holds the test-set part only. AUC: seeds only. Seed k of every row was trained against old model k; "
+        "the old→old row is old model k's self-test, over seeds.",
+        "compat: (a) cross > old→old, (b) self > old→old, each by a paired test over seeds (same old model per "
+        "seed): ✓ significantly above, ≈ not significantly different, ✗ significantly below. P_up / P_comp / P_1 "
+        "per seed against that seed's old→old and φ* (independent) self-tests. Verdicts and tiers need ≥ 2 seeds.",
+        "tier: rows ranked by P_1; tier 1 = not significantly below the best (paired tests, Holm–Bonferroni), "
+        "then the same on the rest. Bold only for a row significantly better than every other.",
+    ]
+    mdd = lb.attrs.get("mdd") or {}
+    if mdd:
+        lines.append(
+            f"Minimal detectable P_1 difference (paired t, α = 0.05, power 0.8, n = {mdd['n']}, seed part only, "
+            f"sd of differences {mdd['sd']:.2f}): {mdd['mdd']:.2f} points — smaller gaps read as ties."
+        )
+    if "origin" in lb.columns and (lb["origin"] == "yours").any():
+        lines.append(
+            "(yours): your runs from the results root, beside the reference row of the same run label."
+        )
+    versions = lb.attrs.get("code_versions") or []
+    if len(versions) > 1:
+        lines.append("Code versions on this board: " + ", ".join(versions) + ".")
+    apart = lb.attrs.get("apart") or []
+    if apart:
+        lines.append(
+            f"Shown apart, not averaged ({len(apart)} results that are not comparable with this board):"
+        )
+        lines += [f"- {reason}" for reason in apart]
+    return lines
+
+
+def _components(lb: pd.DataFrame) -> list[str]:
+    """Markdown table of the CI's two components for the first eval set's cross and self cells and P_1."""
+    eval_sets = lb.attrs.get("eval_sets") or []
+    if not eval_sets:
+        return []
+    es, p, met = eval_sets[0]
+    cols = [value_column(es, p, met, CROSS), value_column(es, p, met, SELF), "P_1"]
+    head = "| method | " + " | ".join(f"{c} seed sd | {c} test SE" for c in cols) + " |"
+    lines = [f"Uncertainty components ({es}: seed sd and landmark-bootstrap SE of the seed mean):", "", head]
+    lines.append("|---|" + "---:|" * (2 * len(cols)))
+    for _, r in lb.iterrows():
+        cells = []
+        for c in cols:
+            scale = _scale(c)
+            for part in ("seed_sd", "test_se"):
+                v = r.get(f"{c} {part}")
+                cells.append(f"{float(v) * scale:.2f}" if _finite(v) else "–")
+        lines.append("| " + " | ".join([str(r["method"]), *cells]) + " |")
+    return lines
+
+
 def to_markdown(lb: pd.DataFrame) -> str:
-    """Render a GitHub-flavoured markdown table plus a legend (deterministic: fit for golden tests)."""
+    """Render a GitHub-flavoured markdown table plus the legend (deterministic: fit for golden tests)."""
     headers, body = _cells(lb)
     spec = _display_columns(lb)
     align = ["---" if kind in ("label", "text") else "---:" for _, kind, _ in spec]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(align) + "|"]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
-    lines += [
-        "",
-        "Cells: mean ± std (n seeds); mAP and AUC ×100. new→old: query by the row's model, gallery by the old "
-        "model (cross-test); the old→old row shows the old model's self-test in both columns.",
-        "compat: (a) cross > old→old, (b) self > old→old, on means (✓ yes, ✗ no). P_up / P_comp / P_1 per "
-        "seed against mean old→old and φ* (independent) self-tests. backfill: the method's own backfilling mode "
-        "and how many of its random-order curves (AUC eval set) never decrease. flags: non-default fidelity flags.",
-    ]
+    for (_, r), row in zip(lb.iterrows(), body, strict=True):
+        if bool(r.get("best")):
+            row = [f"**{row[0]}**", *row[1:]]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
+    lines += ["", *legend(lb), "", *_components(lb)]
     return "\n".join(lines) + "\n"
 
 
 def to_csv(lb: pd.DataFrame) -> str:
-    """Render the raw leaderboard frame as CSV (full precision; mAP/AUC as fractions, P-metrics 0–100)."""
+    """Render the raw leaderboard frame as CSV (full precision; mAP/AUC as fractions, P-metrics 0–100; CI
+    bounds ``lo``/``hi``, ``n``, ``seed_sd`` and ``test_se`` per cell)."""
     return lb.to_csv(index=False, lineterminator="\n")
 
 
@@ -449,54 +706,26 @@ def _tex(text: str) -> str:
 
 
 def to_latex(lb: pd.DataFrame) -> str:
-    """Render a booktabs ``tabular``; the best mean per value column among methods (not references) is bold.
-
-    Needs ``\\usepackage{booktabs}`` and ``amssymb`` (``\\checkmark``) in the document.
-    """
+    """Render a booktabs ``tabular``; a row is bold only when it is significantly best (``best``), as in the
+    markdown. Needs ``\\usepackage{booktabs}`` in the document."""
     spec = _display_columns(lb)
-    methods = lb["role"] == "method"
-    if not methods.any():
-        methods = lb["role"] != "reference"
-    best: dict[str, float] = {}
-    for _, kind, col in spec:
-        if kind == "value":
-            vals = pd.to_numeric(lb.loc[methods, col], errors="coerce")
-            if vals.notna().any():
-                best[col] = float(vals.max())
     lines = [
         r"\begin{tabular}{" + "".join("l" if k in ("label", "text") else "r" for _, k, _ in spec) + "}",
         r"\toprule",
         " & ".join(_tex(h) for h, _, _ in spec) + r" \\",
         r"\midrule",
     ]
-    for i, (_, r) in enumerate(lb.iterrows()):
+    _, body = _cells(lb, pm=r"$\pm$")
+    for i, ((_, r), row) in enumerate(zip(lb.iterrows(), body, strict=True)):
         cells = []
-        for _, kind, col in spec:
-            if kind == "value":
-                text = _fmt_cell(r[col], r[f"{col} std"], r[f"{col} n"], _scale(col), pm=r"$\pm$")
-                mean = r[col]
-                if (
-                    col in best
-                    and bool(methods.iloc[i])
-                    and mean is not None
-                    and math.isfinite(mean)
-                    and math.isclose(float(mean), best[col], rel_tol=0, abs_tol=1e-12)
-                ):
-                    text = r"\textbf{" + text + "}"
-                cells.append(text.replace("–", "--"))
-            elif kind == "compat":
-                a, b = r[f"{col} cross>old"], r[f"{col} self>old"]
-                cells.append(
-                    "--"
-                    if a is None and b is None
-                    else _fmt_flag(a, r"\checkmark", r"$\times$").replace("–", "--")
-                    + _fmt_flag(b, r"\checkmark", r"$\times$").replace("–", "--")
-                )
-            elif kind == "text":
-                v = r[col]
-                cells.append(_tex(v) if isinstance(v, str) else "")
-            else:
-                cells.append(_tex(str(r[col])))
+        for (_, kind, _), text in zip(spec, row, strict=True):
+            if kind == "compat":
+                text = text.replace("✓", r"\checkmark").replace("✗", r"$\times$").replace("≈", r"$\approx$")
+            elif kind in ("label", "text"):
+                text = _tex(text)
+            cells.append(text.replace("–", "--"))
+        if bool(r.get("best")):
+            cells = [r"\textbf{" + c + "}" for c in cells]
         lines.append(" & ".join(cells) + r" \\")
         if r["role"] != "method" and i + 1 < len(lb) and lb["role"].iloc[i + 1] == "method":
             lines.append(r"\midrule")
@@ -513,6 +742,12 @@ def _save(fig: Any, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path
+
+
+def _half(r: Mapping[str, Any], col: str) -> float | None:
+    """CI half-width of a leaderboard cell (None when there is no interval)."""
+    lo, hi = r.get(f"{col} lo"), r.get(f"{col} hi")
+    return (float(hi) - float(lo)) / 2 if _finite(lo) and _finite(hi) else None
 
 
 def _plot_mean_curve(ax: Any, points: pd.DataFrame, *, label: str, marker: str, alpha: float, ls: str = "-"):
@@ -554,9 +789,10 @@ def plot_leaderboard(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    if lb is None:
+        raise ValueError("plot_leaderboard needs the leaderboard frame `lb` (from leaderboard())")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    lb = leaderboard(df) if lb is None else lb
     eval_sets = _eval_sets(df)
     paths: list[Path] = []
 
@@ -570,8 +806,8 @@ def plot_leaderboard(
     ax = fig.add_subplot()
     pts = lb[(lb["role"] != "reference") & lb["P_up"].notna() & lb["P_comp"].notna()] if len(lb) else lb
     for _, r in pts.iterrows():
-        xerr = r["P_comp std"] if math.isfinite(r["P_comp std"]) else None
-        yerr = r["P_up std"] if math.isfinite(r["P_up std"]) else None
+        xerr = _half(r, "P_comp")
+        yerr = _half(r, "P_up")
         ax.errorbar(r["P_comp"], r["P_up"], xerr=xerr, yerr=yerr, fmt="o", capsize=3)
         ax.annotate(r["key"], (r["P_comp"], r["P_up"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.axhline(50, color="grey", ls="--", lw=0.8)
@@ -587,7 +823,7 @@ def plot_leaderboard(
         )
     ax.set_xlabel("P_comp")
     ax.set_ylabel("P_up")
-    ax.set_title("P_up vs P_comp")
+    ax.set_title("P_up vs P_comp (error bars: 95 % CI)")
     paths.append(_save(fig, out / "p_up_vs_p_comp.png"))
 
     # 2. self vs cross bars per eval set
@@ -603,7 +839,9 @@ def plot_leaderboard(
                     x + off,
                     rows[col].to_numpy(dtype=float) * 100,
                     width=0.4,
-                    yerr=np.nan_to_num(rows[f"{col} std"].to_numpy(dtype=float) * 100),
+                    yerr=np.nan_to_num(
+                        ((rows[f"{col} hi"] - rows[f"{col} lo"]) / 2).to_numpy(dtype=float) * 100
+                    ),
                     capsize=2,
                     label=label,
                 )
@@ -611,7 +849,7 @@ def plot_leaderboard(
             if len(old_mean) and math.isfinite(float(old_mean.iloc[0])):
                 ax.axhline(float(old_mean.iloc[0]) * 100, color="black", ls="--", lw=1, label=REFERENCE)
             ax.set_xticks(x, list(rows["key"]), rotation=45, ha="right", fontsize=8)
-            ax.set_title(f"{es} ({p}, {met})")
+            ax.set_title(f"{es} ({p}, {met}); bars: 95 % CI")
             ax.set_ylabel(f"{met} ×100")
             if i == 0:
                 ax.legend(fontsize=7)
@@ -688,20 +926,23 @@ def is_sequential(results: Iterable[RunResult]) -> bool:
     return any(SEQ_CURVE in (res.curves or {}) for res in results)
 
 
-def sequential_leaderboard(results: Iterable[RunResult]) -> pd.DataFrame:
+def sequential_leaderboard(results: Iterable[RunResult | Entry]) -> pd.DataFrame:
     """One row per method of a sequential benchmark, from its RunResults alone.
 
     For each eval set at its primary (protocol, metric): every matrix entry ``C[i][j] = M(g_i -> g_j)``,
     ``i >= j`` (column ``<es> <protocol> <metric> g{i}→g{j}``), then ``<es> AC`` and ``<es> AA``
-    (``evaluation.md`` §5.3), each with ``std`` and ``n`` companions: AC and AA are computed per seed from that
-    seed's matrix (:func:`~bctbench.evaluation.sequential.compatibility_matrices`), then mean ± std over seeds.
+    (AC: share of pairs i > j with gi→gj above gj→gj; AA: mean of all entries), each with ``lo`` / ``hi`` (95 %
+    t interval over seeds) and ``n`` companions: AC and AA are computed per seed from that seed's matrix
+    (:func:`~bctbench.evaluation.sequential.compatibility_matrices`), then averaged over seeds. One row per
+    run label and origin (the user's rows marked ``(yours)``).
     Rows are sorted by the first eval set's AA (descending, missing last), ties by name. Columns ``method``,
     ``flags``, ``seeds``, ``steps``. Raises :class:`~bctbench.errors.ConfigError` when results mix benchmarks
     or numbers of generations.
     """
     from bctbench.evaluation.sequential import compatibility_matrices
 
-    results = list(results)
+    entries = _as_entries(results)
+    results = [e.result for e in entries]
     benchmarks = sorted({r.benchmark for r in results})
     if len(benchmarks) > 1:
         raise ConfigError(f"leaderboard needs results of one benchmark, got {', '.join(benchmarks)}")
@@ -719,8 +960,8 @@ def sequential_leaderboard(results: Iterable[RunResult]) -> pd.DataFrame:
                     eval_sets.append((es, pm[0], pm[1]))
     pairs = [(i, j) for i in range(steps) for j in range(i + 1)]
     per_method: dict[str, list[RunResult]] = {}
-    for res in results:
-        per_method.setdefault(res.method, []).append(res)
+    for e in entries:
+        per_method.setdefault(e.row, []).append(e.result)
 
     rows: list[dict[str, Any]] = []
     for m in sorted(per_method):
@@ -741,10 +982,10 @@ def sequential_leaderboard(results: Iterable[RunResult]) -> pd.DataFrame:
                     per_seed.setdefault(r.seed, []).append(hit[0])
             for i, j in pairs:
                 vals = [float(np.mean([x["matrix"][i][j] for x in xs])) for xs in per_seed.values()]
-                row.update(dict(zip(_stat_cols(f"{es} {p} {met} g{i}→g{j}"), _stats(vals), strict=True)))
+                row.update(_interval_fields(f"{es} {p} {met} g{i}→g{j}", _seed_interval(vals)))
             for key in SEQ_SUMMARY:
                 vals = [float(np.mean([x[key] for x in xs])) for xs in per_seed.values()]
-                row.update(dict(zip(_stat_cols(f"{es} {key}"), _stats(vals), strict=True)))
+                row.update(_interval_fields(f"{es} {key}", _seed_interval(vals)))
         rows.append(row)
 
     first = f"{eval_sets[0][0]} AA" if eval_sets else None
@@ -758,6 +999,11 @@ def sequential_leaderboard(results: Iterable[RunResult]) -> pd.DataFrame:
     lb.attrs["eval_sets"] = eval_sets
     lb.attrs["steps"] = steps
     return lb
+
+
+def _seed_interval(values: Sequence[float]) -> Interval:
+    vals = [v for v in values if math.isfinite(v)]
+    return combined_interval(vals, level=LEVEL) if vals else _EMPTY
 
 
 def sequential_to_markdown(lb: pd.DataFrame) -> str:
@@ -775,13 +1021,13 @@ def sequential_to_markdown(lb: pd.DataFrame) -> str:
         lines.append("| method | " + " | ".join(h for h, _ in cols) + " | flags |")
         lines.append("|---|" + "---:|" * len(cols) + "---|")
         for _, r in lb.iterrows():
-            cells = [_fmt_cell(r[c], r[f"{c} std"], r[f"{c} n"], 100.0) for _, c in cols]
+            cells = [_fmt_cell(r[c], r[f"{c} lo"], r[f"{c} hi"], r[f"{c} n"], 100.0) for _, c in cols]
             lines.append("| " + " | ".join([str(r["method"]), *cells, str(r["flags"] or "")]) + " |")
         lines.append("")
     lines += [
         f"Sequential upgrade over {steps} generations: g0 is the shared old model, each later generation is "
         "trained by the row's method with its predecessor frozen as the old model.",
-        "Cells: mean ± std (n seeds), ×100. gi→gj: query embedded by generation i, gallery by generation j "
+        "Cells: mean ± half-width of the 95 % CI over seeds (t interval; n seeds), ×100. gi→gj: query embedded by generation i, gallery by generation j "
         "(gi→gi: self-test). AC: share of pairs i > j with gi→gj > gj→gj; AA: mean of all entries i ≥ j "
         "(evaluation.md §5.3), per seed, then over seeds.",
     ]
@@ -805,32 +1051,64 @@ _RENDERERS: Mapping[str, Callable[[pd.DataFrame], str]] = {
 }
 
 
+def load_board(
+    results_root: str | os.PathLike | None,
+    benchmark: str,
+    reference_root: str | os.PathLike | None = None,
+    *,
+    strict: bool = False,
+):
+    """Read the reference results and the user's results of ``benchmark`` and pass them through the
+    provenance gate (:func:`bctbench.comparability.gate`). The same folder given twice counts once."""
+    same = (
+        results_root is not None
+        and reference_root is not None
+        and Path(results_root).resolve() == Path(reference_root).resolve()
+    )
+    if reference_root is None:  # one folder: its results are the board, unmarked
+        return gate(read_results(results_root, benchmark) if results_root is not None else [], strict=strict)
+    reference = read_results(reference_root, benchmark)
+    yours = read_results(results_root, benchmark) if results_root is not None and not same else []
+    return gate(reference, yours, strict=strict)
+
+
 def render(
-    results_root: str | os.PathLike,
+    results_root: str | os.PathLike | None,
     benchmark: str,
     fmt: str = "md",
     out: str | os.PathLike | None = None,
     plots_dir: str | os.PathLike | None = None,
     curve_methods: Iterable[str] | None = None,
+    *,
+    reference_root: str | os.PathLike | None = None,
+    strict: bool = False,
 ) -> str:
-    """Build the leaderboard of ``benchmark`` from ``results_root`` alone and return it as text.
+    """Build the leaderboard of ``benchmark`` from result files alone and return it as text.
 
+    ``results_root``: the user's results (rows marked ``(yours)`` when ``reference_root`` is given too);
+    ``reference_root``: the reference results. Both go through the provenance gate; results that are not
+    comparable are listed under the table (``strict``: refused with a one-line error instead).
     ``fmt``: ``md`` (alias ``markdown``), ``csv`` or ``latex`` (alias ``tex``). ``out``: also write the text
-    there. ``plots_dir``: also write the PNG plots there (``curve_methods``: see :func:`plot_leaderboard`). Results of a sequential benchmark (they carry
-    ``curves["sequential"]``) get the sequential view instead (:func:`sequential_leaderboard`; ``md`` or
-    ``csv``, no plots). Raises :class:`~bctbench.errors.ConfigError` for an
-    unknown format and :class:`~bctbench.errors.BCTBenchError` when the benchmark has no readable results.
+    there. ``plots_dir``: also write the plots there (``curve_methods``: see :func:`plot_leaderboard`).
+    Results of a sequential benchmark (they carry ``curves["sequential"]``) get the sequential view instead
+    (:func:`sequential_leaderboard`; ``md`` or ``csv``, no plots). Raises
+    :class:`~bctbench.errors.ConfigError` for an unknown format and :class:`~bctbench.errors.BCTBenchError`
+    when the benchmark has no readable results.
     """
     renderer = _RENDERERS.get(fmt)
     if renderer is None:
         raise ConfigError(f"unknown leaderboard format '{fmt}'; valid: {', '.join(sorted(_RENDERERS))}")
-    results = read_results(results_root, benchmark)
+    board = load_board(results_root, benchmark, reference_root, strict=strict)
+    results = [e.result for e in board.entries]
+    if not results:
+        where = " or ".join(str(Path(r)) for r in (results_root, reference_root) if r is not None)
+        raise BCTBenchError(f"no readable, comparable results for benchmark '{benchmark}' under {where}")
     if is_sequential(results):
-        return _render_sequential(results, fmt, out)
-    df = results_frame(results)
-    if df.empty or not (df["kind"] == "metric").any():
-        raise BCTBenchError(f"no readable results for benchmark '{benchmark}' under {Path(results_root)}")
-    lb = leaderboard(df)
+        return _render_sequential(board, fmt, out)
+    df = results_frame(results, keys=[e.row for e in board.entries])
+    if not (df["kind"] == "metric").any():
+        raise BCTBenchError(f"no readable results for benchmark '{benchmark}'")
+    lb = leaderboard(board.entries, apart=board.apart, code_versions=board.code_versions)
     text = renderer(lb)
     if out is not None:
         out_path = Path(out)
@@ -841,13 +1119,16 @@ def render(
     return text
 
 
-def _render_sequential(results: list[RunResult], fmt: str, out: str | os.PathLike | None) -> str:
+def _render_sequential(board, fmt: str, out: str | os.PathLike | None) -> str:
     renderer = _SEQ_RENDERERS.get(fmt)
     if renderer is None:
         raise ConfigError(
             f"format '{fmt}' is not available for sequential benchmarks; valid: {', '.join(sorted(_SEQ_RENDERERS))}"
         )
-    text = renderer(sequential_leaderboard(results))
+    lb = sequential_leaderboard(board.entries)
+    text = renderer(lb)
+    if fmt in ("md", "markdown") and board.apart:
+        text += "\nShown apart, not averaged:\n" + "".join(f"- {reason}\n" for reason in board.apart)
     if out is not None:
         out_path = Path(out)
         out_path.parent.mkdir(parents=True, exist_ok=True)

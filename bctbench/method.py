@@ -14,7 +14,6 @@ Tensor conventions: images ``float[B, 3, H, W]``; ``labels`` ``int64[B]`` in the
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bctbench.errors import BCTBenchError, ConfigError
+from bctbench.identity import module_identity
 from bctbench.models import EmbeddingModel
 from bctbench.old_model import load_old_model
 
@@ -46,7 +46,7 @@ class MethodSetup:
     num_classes_new: int
     num_classes_old: int
     old_checkpoint: str
-    old_checkpoint_sha256: str | None = None
+    old_identity: str | None = None
     optimizer: dict[str, Any] = field(
         default_factory=lambda: {
             "name": "sgd",
@@ -124,12 +124,9 @@ class LiveEncoder(nn.Module):
 
 
 def module_digest(module: nn.Module) -> str:
-    """sha256 (16 hex) of a module's parameters and buffers, in state-dict order."""
-    h = hashlib.sha256()
-    for key, tensor in module.state_dict().items():
-        h.update(key.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    """Short (16 hex) content identity of a module's parameters and buffers (names, dtypes, shapes, bytes;
+    :func:`bctbench.identity.module_identity`)."""
+    return module_identity(module)[:16]
 
 
 def build_optimizer(params: Iterable[Any], spec: Mapping[str, Any], max_epochs: int):
@@ -198,7 +195,7 @@ class CompatibilityMethod(pl.LightningModule):
         )
         self.old = load_old_model(
             setup.old_checkpoint,
-            setup.old_checkpoint_sha256,
+            setup.old_identity,
             expect_backbone=setup.backbone_old,
             expect_num_classes=setup.num_classes_old,
         )
@@ -255,7 +252,7 @@ class CompatibilityMethod(pl.LightningModule):
     def encoders(self) -> dict[str, Encoder]:
         """Evaluation encoders: ``{"old": φ_o, "new": φ_n}``; unit-norm ``float32[B, D]`` outputs."""
         return {
-            "old": Encoder(self.old.model.embedder, f"old:{self.old.sha256}"),
+            "old": Encoder(self.old.model.embedder, f"old:{self.old.identity}"),
             "new": Encoder(self.new.embedder, f"{self.name}:{module_digest(self.new.embedder)}"),
         }
 

@@ -6,6 +6,7 @@ Nothing here knows any method by name: methods come from the registry and talk t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import inspect
@@ -65,8 +66,10 @@ class Runtime:
 
 @dataclass
 class OldModelRef:
+    """An old model's checkpoint file and its content identity."""
+
     path: Path
-    sha256: str
+    identity: str
 
 
 @dataclass
@@ -79,20 +82,37 @@ class RunContext:
     results_root: Path
 
     @classmethod
-    def create(cls, benchmark: str, data_root=None, cache_root=None, results_root=None) -> RunContext:
+    def create(
+        cls, benchmark: str, data_root=None, cache_root=None, results_root=None, *, reference: bool = False
+    ) -> RunContext:
+        """Resolve the roots. ``reference``: write into the committed reference results (clean tree only);
+        otherwise the results root must not be the reference folder."""
+        from bctbench.paths import REFERENCE_ROOT, is_reference_root
+
+        if reference:
+            if results_root is not None and not is_reference_root(results_root):
+                raise ConfigError("--reference writes to the reference folder; do not pass --results-root")
+            _require_clean_tree()
+            results = REFERENCE_ROOT
+        else:
+            results = resolve_results_root(results_root)
+            if is_reference_root(results):
+                raise ConfigError(
+                    f"{results}: the reference results are written only by `--reference` runs from a clean "
+                    "tree; choose another --results-root"
+                )
         return cls(
-            load_benchmark(benchmark),
-            resolve_data_root(data_root),
-            resolve_cache_root(cache_root),
-            resolve_results_root(results_root),
+            load_benchmark(benchmark), resolve_data_root(data_root), resolve_cache_root(cache_root), results
         )
 
     @property
     def gldv2_root(self) -> Path:
         return self.data_root / self.spec.data.root
 
-    def run_dir(self, method: str, seed: int) -> Path:
-        return self.cache_root / "runs" / self.spec.name / method / f"seed{seed}"
+    def run_dir(self, method: str, seed: int, digest: str = "default") -> Path:
+        from bctbench.results import run_label
+
+        return self.cache_root / "runs" / self.spec.name / run_label(method, digest) / f"seed{seed}"
 
     def old_key(self) -> str:
         """Hash of everything the old model depends on (not the eval protocol)."""
@@ -107,7 +127,9 @@ class RunContext:
                 {
                     k: v for k, v in dataclasses.asdict(s.training).items() if k != "epochs"
                 },  # new-model epochs
-                dataclasses.asdict(s.old_model),
+                {
+                    k: v for k, v in dataclasses.asdict(s.old_model).items() if k != "pinned"
+                },  # pins: not inputs
             ],
             sort_keys=True,
         )
@@ -116,6 +138,17 @@ class RunContext:
     @property
     def old_dir(self) -> Path:
         return self.cache_root / "old" / self.spec.name / self.old_key()
+
+
+def _require_clean_tree() -> None:
+    """Reference results come from a committed state: refuse when tracked files differ from HEAD."""
+    from bctbench.results import collect_provenance
+
+    git = collect_provenance().get("git", {})
+    if git.get("sha") is None:
+        raise ConfigError("--reference needs a git checkout (the result records the commit)")
+    if git.get("dirty"):
+        raise ConfigError("--reference needs a clean tree: commit or stash the changes first (git status)")
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -287,53 +320,116 @@ def _device(runtime: Runtime) -> str:
 
 
 # ----------------------------------------------------------------------------------------- old model
-def ensure_old_model(
-    ctx: RunContext, runtime: Runtime | None = None, *, checkpoint: str | None = None, seed: int = 0
-) -> OldModelRef:
-    """Return the benchmark's shared old checkpoint: a registered one, the cached one, or a freshly trained one.
+def pinned_old_model_path(spec: BenchmarkSpec, seed: int) -> Path:
+    """The committed file of a pinned old model: ``<specs folder>/old_models/<benchmark>/seed<k>.pt``."""
+    from bctbench.config import BENCHMARKS_DIR
 
-    Given checkpoints (``--checkpoint`` or the spec's ``old_model.checkpoint``) are loaded strictly and, when
-    the spec pins ``old_model.sha256``, verified against it.
+    base = Path(spec.source).parent if spec.source else BENCHMARKS_DIR
+    return base / "old_models" / spec.name / f"seed{int(seed)}.pt"
+
+
+def expected_old_classes(ctx: RunContext) -> int:
+    """Number of classes the benchmark's old model must have (from the split, written if missing)."""
+    dm = build_datamodule(ctx, "old", Runtime(), 0, step=0 if ctx.spec.sequential_steps > 1 else None)
+    dm.prepare_data()
+    dm.setup("fit")
+    return int(dm.num_classes)
+
+
+def _old_meta(ctx: RunContext, seed: int) -> dict[str, Any]:
+    """What an old model depends on and records inside its checkpoint (deterministic: no timings)."""
+    return {
+        "benchmark": ctx.spec.name,
+        "old_key": ctx.old_key(),
+        "seed": int(seed),
+        "epochs": ctx.spec.old_model.epochs,
+        "dataset_sha256": dataset_fingerprint(ctx),
+        "split_sha256": split_sha256(ctx),
+    }
+
+
+def _check_old_data(ctx: RunContext, path: Path, meta: dict[str, Any]) -> None:
+    """Refuse an old model trained on other data than the benchmark's (dataset / split digests in its meta)."""
+    for key, now in (("dataset_sha256", dataset_fingerprint(ctx)), ("split_sha256", split_sha256(ctx))):
+        then = meta.get(key)
+        if then is not None and now is not None and then != now:
+            raise CheckpointError(
+                f"{path}: old model was trained on {key} {then[:12]}, the benchmark's data has {now[:12]} "
+                "(regenerated or changed data: pin new old models with `bctbench train-old --pin`)"
+            )
+
+
+def ensure_old_model(
+    ctx: RunContext,
+    runtime: Runtime | None = None,
+    *,
+    checkpoint: str | None = None,
+    seed: int = 0,
+    retrain: bool = False,
+) -> OldModelRef:
+    """Return old model ``seed`` of the benchmark: given, pinned, cached or freshly trained (in that order).
+
+    * ``checkpoint`` (``--checkpoint``) or the spec's ``old_model.checkpoint`` (``{seed}`` replaced): checked
+      against the spec (backbone, embedding size, number of old classes) and, when the seed is pinned, against
+      the pinned identity; a copy goes into the cache.
+    * A pinned seed (``old_model.pinned``): the committed file, verified against the identity and the data.
+    * Otherwise the cache ``<cache>/old/<benchmark>/<old key>/seed<k>/``, else training with seed k.
+
+    ``retrain``: ignore pins and cache and train (``train-old --pin`` uses it). Raises
+    :class:`CheckpointError` on any mismatch.
     """
-    from bctbench.old_model import file_sha256, load_old_model, save_old_checkpoint
+    from bctbench.identity import atomic_write_bytes, short
+    from bctbench.old_model import load_old_model, save_old_checkpoint
 
     runtime = runtime or Runtime()
     spec = ctx.spec
-    meta_path = ctx.old_dir / "old_model.json"
-    given = checkpoint or spec.old_model.checkpoint
-    if given:
-        path = Path(given)
-        old = load_old_model(
+    seed = int(seed)
+    pinned = spec.old_model.pinned.get(seed)
+    seed_dir = ctx.old_dir / f"seed{seed}"
+    meta_path = seed_dir / "old_model.json"
+    cached = seed_dir / "old_model.pt"
+    ensure_dataset(ctx)
+
+    def load(path: Path, identity: str | None):
+        return load_old_model(
             path,
-            spec.old_model.sha256,
+            identity,
             expect_backbone=spec.models.old_backbone,
             expect_embed_dim=spec.models.embed_dim,
+            expect_num_classes=expected_old_classes(ctx),
         )
-        ctx.old_dir.mkdir(parents=True, exist_ok=True)
-        meta_path.write_text(
-            json.dumps({"path": str(path.resolve()), "sha256": old.sha256, "registered": True})
-        )
-        return OldModelRef(path, old.sha256)
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        path = Path(meta["path"])
+
+    given = checkpoint or (spec.old_model.checkpoint or "").replace("{seed}", str(seed))
+    if given and not retrain:
+        path = Path(given)
+        old = load(path, pinned)
+        atomic_write_bytes(cached, path.read_bytes())
+        _write_json(meta_path, {"identity": old.identity, "file": cached.name, "source": "registered"})
+        log.info("old model %d: registered %s (identity %s)", seed, path, short(old.identity))
+        return OldModelRef(cached, old.identity)
+    if pinned and not retrain:
+        path = pinned_old_model_path(spec, seed)
         if not path.is_file():
             raise CheckpointError(
-                f"{meta_path}: cached old checkpoint {path} is missing (delete the folder "
-                f"{ctx.old_dir} to retrain)"
+                f"{path}: the pinned old model of seed {seed} is missing (old_model.pinned in {spec.source})"
             )
-        if file_sha256(path) != meta["sha256"]:
-            raise CheckpointError(f"{path}: sha256 does not match {meta_path} (the cached old model changed)")
-        return OldModelRef(path, meta["sha256"])
+        old = load(path, pinned)
+        _check_old_data(ctx, path, old.meta)
+        return OldModelRef(path, pinned)
+    if meta_path.is_file() and cached.is_file() and not retrain:
+        meta = _read_json(meta_path)
+        identity = meta.get("identity")
+        old = load(cached, identity)
+        _check_old_data(ctx, cached, old.meta)
+        return OldModelRef(cached, old.identity)
 
     import lightning.pytorch as pl
 
     from bctbench.training import ClassifierModule
 
-    ensure_dataset(ctx)
     _cpu_threads(ctx, runtime)
     pl.seed_everything(seed, workers=True, verbose=False)
-    # sequential allocations: the shared old model is generation 0, trained on the first subset
+    # sequential allocations: the old model is generation 0, trained on the first subset
     dm = build_datamodule(ctx, "old", runtime, seed, step=0 if spec.sequential_steps > 1 else None)
     dm.prepare_data()
     dm.setup("fit")
@@ -346,34 +442,59 @@ def ensure_old_model(
         pretrained_weights=spec.models.pretrained_weights,
     )
     log.info(
-        "training the old model of %s (%d classes, %d epochs)",
+        "training old model %d of %s (%d classes, %d epochs)",
+        seed,
         spec.name,
         dm.num_classes,
         spec.old_model.epochs,
     )
     start = time.time()
-    trainer = _trainer(
-        ctx, runtime, max_epochs=spec.old_model.epochs, default_root_dir=ctx.old_dir, logger=None
-    )
+    trainer = _trainer(ctx, runtime, max_epochs=spec.old_model.epochs, default_root_dir=seed_dir, logger=None)
     _fit(trainer, module, dm)
-    path = ctx.old_dir / "old_model.pt"
-    sha = save_old_checkpoint(
+    identity = save_old_checkpoint(
         module.model,
-        path,
+        cached,
         backbone=spec.models.old_backbone,
-        meta={
-            "benchmark": spec.name,
-            "old_key": ctx.old_key(),
-            "seed": seed,
-            "epochs": spec.old_model.epochs,
-            "train_seconds": time.time() - start,
-        },
+        meta=_old_meta(ctx, seed),
+        sidecar={"train_seconds": round(time.time() - start, 3), **_machine()},
     )
-    tmp = meta_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"path": str(path.resolve()), "sha256": sha, "registered": False}))
-    os.replace(tmp, meta_path)
-    log.info("old model saved: %s (sha256 %s)", path, sha[:12])
-    return OldModelRef(path, sha)
+    _write_json(meta_path, {"identity": identity, "file": cached.name, "source": "trained"})
+    log.info("old model %d saved: %s (identity %s)", seed, cached, short(identity))
+    return OldModelRef(cached, identity)
+
+
+def pin_old_model(ctx: RunContext, seed: int, runtime: Runtime | None = None) -> OldModelRef:
+    """Train old model ``seed`` afresh and copy it to its committed place (:func:`pinned_old_model_path`).
+
+    Prints nothing; the caller reports the identity to put under ``old_model.pinned`` in the spec."""
+    from bctbench.identity import atomic_write_bytes
+
+    ref = ensure_old_model(ctx, runtime, seed=seed, retrain=True)
+    target = pinned_old_model_path(ctx.spec, seed)
+    atomic_write_bytes(target, ref.path.read_bytes())
+    return OldModelRef(target, ref.identity)
+
+
+def _machine() -> dict[str, Any]:
+    from bctbench.results import machine_info
+
+    return machine_info()
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    from bctbench.identity import atomic_write_bytes
+
+    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable ({type(exc).__name__}); delete it to retrain") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object; delete it to retrain")
+    return data
 
 
 # ------------------------------------------------------------------------------------------- methods
@@ -465,6 +586,47 @@ def _eval_variants(spec, dataset_sha256: str | None) -> dict:
     }
 
 
+@contextlib.contextmanager
+def isolated_rng():
+    """Run a block without touching the global random state (Python, NumPy, torch CPU and CUDA)."""
+    import random
+
+    import numpy as np
+
+    py, npy = random.getstate(), np.random.get_state()  # noqa: NPY002 - the global state Lightning seeds
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)  # noqa: NPY002
+
+
+def _hparams_digest(cls: type, hparams: dict[str, Any]) -> str:
+    """Digest of the hyperparameters that differ from the method's defaults (``"default"`` if none)."""
+    from bctbench.results import hparams_digest
+
+    defaults = method_parameters(cls)
+    non_default = {k: v for k, v in hparams.items() if k in defaults and defaults[k] != v}
+    return hparams_digest(_jsonable(non_default))
+
+
+def _check_old_unchanged(old, ref: OldModelRef) -> None:
+    """Refuse to evaluate when the frozen old model's weights or buffers changed during training."""
+    from bctbench.identity import short
+
+    now = old.current_identity()
+    if now != ref.identity:
+        raise BCTBenchError(
+            f"the frozen old model changed during training (identity {short(ref.identity)} -> {short(now)}); "
+            "result not written — a plugin must never modify `self.old`"
+        )
+
+
+def _workers(ctx: RunContext, runtime: Runtime) -> int:
+    return ctx.spec.training.num_workers if runtime.num_workers is None else runtime.num_workers
+
+
 def _build_method(ctx: RunContext, cls, method_kw: dict, dm, old_ref, old_backbone: str):
     """Instantiate method ``cls`` for the data module ``dm`` against the frozen old checkpoint ``old_ref``."""
     from bctbench.method import MethodSetup
@@ -477,7 +639,7 @@ def _build_method(ctx: RunContext, cls, method_kw: dict, dm, old_ref, old_backbo
         num_classes_new=dm.num_classes,
         num_classes_old=dm.num_old_classes,
         old_checkpoint=str(old_ref.path),
-        old_checkpoint_sha256=old_ref.sha256,
+        old_identity=old_ref.identity,
         optimizer=dataclasses.asdict(spec.training.optimizer),
         max_epochs=spec.training.epochs,
         image_size=spec.training.image_size,
@@ -521,7 +683,7 @@ def run(
     ensure_dataset(ctx)
     dataset_sha256 = dataset_fingerprint(ctx)
     _cpu_threads(ctx, runtime)
-    old_ref = ensure_old_model(ctx, runtime)
+    old_ref = ensure_old_model(ctx, runtime, seed=seed)  # seed k trains against old model k
     timings["old_model"] = time.time() - t0
 
     pl.seed_everything(seed, workers=True, verbose=False)
@@ -531,18 +693,22 @@ def run(
     model = _build_method(ctx, cls, method_kw, dm, old_ref, spec.models.old_backbone)
     t0 = time.time()
     if cls.required_artifacts:
-        model.prepare_artifacts(_artifact_store(ctx, model, dm, runtime))
+        with isolated_rng():  # cold and warm artefact caches leave the same random state for training
+            model.prepare_artifacts(_artifact_store(ctx, model, dm, runtime))
     timings["artifacts"] = time.time() - t0
 
-    run_dir = ctx.run_dir(cls.name, seed)
-    run_dir.mkdir(parents=True, exist_ok=True)
     hparams = {k: v for k, v in model.hparams.items() if k != "setup"}
+    digest = _hparams_digest(cls, hparams)
+    run_dir = ctx.run_dir(cls.name, seed, digest)
+    run_dir.mkdir(parents=True, exist_ok=True)
     config = {
         "benchmark": spec.name,
         "benchmark_sha256": spec.sha256,
         "method": cls.name,
         "seed": seed,
         "method_hparams": hparams,
+        "hparams_digest": digest,
+        "old_identity": old_ref.identity,
         "spec": spec.to_dict(),
     }
     (run_dir / "config.json").write_text(json.dumps(config, indent=2, default=str))
@@ -565,6 +731,7 @@ def run(
     t0 = time.time()
     _fit(trainer, model, dm, ckpt_path)
     timings["fit"] = time.time() - t0
+    _check_old_unchanged(model.old, old_ref)
 
     if trainer.global_rank != 0 and trainer.world_size > 1:
         return None
@@ -585,10 +752,12 @@ def run(
         method_hparams=_jsonable(hparams),
         flags=_flags(cls, hparams, spec),
         benchmark_sha256=spec.sha256,
-        old_checkpoint_sha256=old_ref.sha256,
+        old_identity=old_ref.identity,
         split_sha256=split_sha256(ctx),
+        hparams_digest=digest,
+        per_query=report.per_query,
         git=prov.get("git", {}),
-        env=prov.get("env", {}),
+        env={**prov.get("env", {}), "num_workers": _workers(ctx, runtime)},
         eval_variants={**_eval_variants(spec, dataset_sha256), "encoders": _identities(encoders)},
         wandb_run=getattr(logger, "version", None) if logger.__class__.__name__ == "WandbLogger" else None,
         timings=timings,
@@ -639,20 +808,24 @@ def train_generation(
     from lightning.pytorch.loggers import CSVLogger
 
     from bctbench import tracking
+    from bctbench.errors import CheckpointError as _CkptError
     from bctbench.method import module_digest
-    from bctbench.old_model import file_sha256, save_old_checkpoint
+    from bctbench.old_model import load_old_model, save_old_checkpoint
 
     spec = ctx.spec
-    key = _generation_key(ctx, cls.name, method_kw, seed, step, old_ref.sha256)
+    key = _generation_key(ctx, cls.name, method_kw, seed, step, old_ref.identity)
     gen_dir = ctx.run_dir(cls.name, seed) / f"gen{step}-{key}"
     meta_path = gen_dir / "generation.json"
     ckpt = gen_dir / f"gen{step}.pt"
     if meta_path.is_file() and ckpt.is_file():
-        info = json.loads(meta_path.read_text())
-        if file_sha256(ckpt) == info.get("sha256"):
+        info = _read_json(meta_path)
+        try:
+            load_old_model(ckpt, info.get("identity") or "?")
+        except _CkptError:
+            log.warning("generation %d: %s does not match %s; retraining", step, ckpt, meta_path)
+        else:
             log.info("generation %d of %s seed %d: cached %s", step, cls.name, seed, ckpt)
-            return OldModelRef(ckpt, info["sha256"]), info
-        log.warning("generation %d: %s does not match %s; retraining", step, ckpt, meta_path)
+            return OldModelRef(ckpt, info["identity"]), info
 
     pl.seed_everything(seed, workers=True, verbose=False)
     dm = build_datamodule(ctx, "new", runtime, seed, step=step - 1)
@@ -671,7 +844,7 @@ def train_generation(
         "method": cls.name,
         "seed": seed,
         "generation": step,
-        "old_sha256": old_ref.sha256,
+        "old_identity": old_ref.identity,
         "method_hparams": _jsonable({k: v for k, v in model.hparams.items() if k != "setup"}),
     }
     wandb_logger = tracking.make_wandb_logger(
@@ -711,7 +884,7 @@ def train_generation(
         "method": cls.name,
         "seed": seed,
         "key": key,
-        "old_sha256": old_ref.sha256,
+        "old_identity": old_ref.identity,
         "old_digest_before": old_before,
         "old_digest_after": old_after,
         "new_digest": module_digest(model.new),
@@ -719,21 +892,18 @@ def train_generation(
         "seconds": time.time() - start,
     }
     if trainer.global_rank == 0:
-        sha = save_old_checkpoint(
+        info["identity"] = save_old_checkpoint(
             model.new,
             ckpt,
             backbone=spec.models.new_backbone,
             meta={"benchmark": spec.name, "generation": step, "method": cls.name, "seed": seed, "key": key},
         )
-        info["sha256"] = sha
         info["path"] = str(ckpt.resolve())
-        tmp = meta_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(info, indent=2))
-        os.replace(tmp, meta_path)
+        _write_json(meta_path, info)
     if trainer.world_size > 1:
         trainer.strategy.barrier("bctbench-generation")
         info = json.loads(meta_path.read_text())
-    return OldModelRef(ckpt, info["sha256"]), info
+    return OldModelRef(ckpt, info["identity"]), info
 
 
 def run_sequential(ctx: RunContext, cls: type, method_kw: dict[str, Any], *, seed: int, runtime: Runtime):
@@ -755,10 +925,10 @@ def run_sequential(ctx: RunContext, cls: type, method_kw: dict[str, Any], *, see
     ensure_dataset(ctx)
     dataset_sha256 = dataset_fingerprint(ctx)
     _cpu_threads(ctx, runtime)
-    refs = [ensure_old_model(ctx, runtime)]
+    refs = [ensure_old_model(ctx, runtime, seed=seed)]
     timings["old_model"] = time.time() - t0
     generations: list[dict[str, Any]] = [
-        {"step": 0, "method": None, "sha256": refs[0].sha256, "path": str(refs[0].path)}
+        {"step": 0, "method": None, "identity": refs[0].identity, "path": str(refs[0].path)}
     ]
     for step in range(1, steps):
         t0 = time.time()
@@ -776,9 +946,9 @@ def run_sequential(ctx: RunContext, cls: type, method_kw: dict[str, Any], *, see
     t0 = time.time()
     encoders = {}
     for g, ref in enumerate(refs):
-        frozen = load_old_model(ref.path, ref.sha256, expect_backbone=_old_backbone_of(spec, g))
+        frozen = load_old_model(ref.path, ref.identity, expect_backbone=_old_backbone_of(spec, g))
         embedder = frozen.model.embedder
-        identity = f"old:{ref.sha256}" if g == 0 else f"{cls.name}:{module_digest(embedder)}"
+        identity = f"old:{ref.identity}" if g == 0 else f"{cls.name}:{module_digest(embedder)}"
         encoders[generation_name(g)] = Encoder(embedder, identity)
     evaluator = build_evaluator(ctx, runtime, pairs=sequential_pairs(steps))
     report = evaluator.evaluate(encoders)
@@ -802,10 +972,12 @@ def run_sequential(ctx: RunContext, cls: type, method_kw: dict[str, Any], *, see
         method_hparams=_jsonable(hparams),
         flags=_flags(cls, hparams, spec),
         benchmark_sha256=spec.sha256,
-        old_checkpoint_sha256=refs[0].sha256,
+        old_identity=refs[0].identity,
         split_sha256=split_sha256(ctx),
+        hparams_digest=_hparams_digest(cls, hparams),
+        per_query=report.per_query,
         git=prov.get("git", {}),
-        env=prov.get("env", {}),
+        env={**prov.get("env", {}), "num_workers": _workers(ctx, runtime)},
         eval_variants=_eval_variants(spec, dataset_sha256),
         timings=timings,
     )
@@ -881,12 +1053,19 @@ def evaluate_checkpoint(ctx: RunContext, checkpoint: str, runtime: Runtime | Non
     return evaluate_method(ctx, runtime, model) if hparams is not None else None
 
 
-def reevaluate(ctx: RunContext, method_name: str, *, seed: int, runtime: Runtime | None = None):
+def reevaluate(
+    ctx: RunContext,
+    method_name: str,
+    *,
+    seed: int,
+    runtime: Runtime | None = None,
+    digest: str = "default",
+):
     """Re-score a finished run with the benchmark's current evaluation protocol, without retraining.
 
     Loads the run's last checkpoint from the cache, checks that everything but the ``evaluation`` section of
     the spec is what the run was trained with and that the old model is the same, evaluates again and rewrites
-    ``results/<benchmark>/<method>/seed<k>.json`` (atomically): metrics, curves and ``benchmark_sha256`` are
+    ``<results root>/<benchmark>/<label>/seed<k>.json`` (atomically; ``digest``: the run's hyperparameter digest): metrics, curves and ``benchmark_sha256`` are
     replaced, training provenance (git, env, hyperparameters, fit timings) is kept, and
     ``eval_variants["reevaluated"]`` records when, with which code and from which spec sha256.
     """
@@ -898,11 +1077,11 @@ def reevaluate(ctx: RunContext, method_name: str, *, seed: int, runtime: Runtime
     if spec.sequential_steps > 1:
         raise ConfigError(f"{spec.name}: reevaluate supports single-step benchmarks only")
     cls = get_method(method_name)
-    path = result_path(ctx.results_root, spec.name, cls.name, seed)
+    path = result_path(ctx.results_root, spec.name, cls.name, seed, digest)
     if not path.is_file():
         raise CheckpointError(f"{path}: no result to re-evaluate")
     previous = read_result(path)
-    run_dir = ctx.run_dir(cls.name, seed)
+    run_dir = ctx.run_dir(cls.name, seed, digest)
     ckpt, config_path = run_dir / "checkpoints" / "last.ckpt", run_dir / "config.json"
     if not ckpt.is_file() or not config_path.is_file():
         raise CheckpointError(f"{ckpt}: the run's checkpoint is not in the cache; run it again instead")
@@ -922,10 +1101,10 @@ def reevaluate(ctx: RunContext, method_name: str, *, seed: int, runtime: Runtime
     dataset_sha256 = dataset_fingerprint(ctx)
     if previous.eval_variants.get("dataset_sha256") not in (None, dataset_sha256):
         raise ConfigError(f"{path}: the dataset changed since this run (tree sha256); run it again instead")
-    old_ref = ensure_old_model(ctx, runtime)
-    if previous.old_checkpoint_sha256 != old_ref.sha256:
+    old_ref = ensure_old_model(ctx, runtime, seed=seed)
+    if previous.old_identity != old_ref.identity:
         raise CheckpointError(
-            f"{path}: trained against old model {previous.old_checkpoint_sha256}, the cache holds {old_ref.sha256}"
+            f"{path}: trained against old model {previous.old_identity}, the benchmark's is {old_ref.identity}"
         )
     _cpu_threads(ctx, runtime)
     model = cls.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False)
@@ -965,6 +1144,7 @@ def reevaluate(ctx: RunContext, method_name: str, *, seed: int, runtime: Runtime
         metrics=report.rows,
         curves={**previous.curves, "backfill": report.curves, "backfill_mode": cls.backfill_mode},
         primary=report.primary,
+        per_query=report.per_query,
         benchmark_sha256=spec.sha256,
         eval_variants=variants,
         timings={**previous.timings, "evaluate": time.time() - t0},
@@ -998,6 +1178,9 @@ def _method_from_path(path: Path) -> str:
 
 
 def render_leaderboard(ctx: RunContext) -> str:
+    """The leaderboard of the run's benchmark: the results root's runs beside the reference results."""
     from bctbench.leaderboard import render
+    from bctbench.paths import REFERENCE_ROOT, is_reference_root
 
-    return render(ctx.results_root, ctx.spec.name, fmt="md")
+    reference = None if is_reference_root(ctx.results_root) else REFERENCE_ROOT
+    return render(ctx.results_root, ctx.spec.name, fmt="md", reference_root=reference)

@@ -1,8 +1,15 @@
 """Run results: the source of truth for every reported number.
 
-One run (benchmark x method x seed) writes one JSON file, ``results/<benchmark>/<method>/seed<k>.json``, holding
-a :class:`RunResult`. The file is written atomically *before* anything is sent to W&B; the leaderboard is
-rebuilt from these files alone (never from logs).
+One run (benchmark x method x hyperparameters x seed) writes one JSON file,
+``<results root>/<benchmark>/<label>/seed<k>.json``, holding a :class:`RunResult`; ``label`` is the method name,
+or ``<method>@<digest>`` when some hyperparameters differ from the method's defaults (``digest``: 8 hex of the
+non-default values), so variants never overwrite each other. The file is written atomically *before* anything is
+sent to W&B; the leaderboard is rebuilt from these files alone (never from logs).
+
+Provenance that makes two results comparable: ``benchmark_sha256`` (the spec), ``eval_variants.dataset_sha256``,
+``split_sha256``, ``old_identity`` (content identity of the seed's old model) and ``hparams_digest``.
+``per_query`` keeps, per eval set, the primary metric of every query for every model pair and a landmark group
+per query, so the leaderboard can bootstrap the test-set error from results alone.
 
 Metric rows are tidy dicts, values are raw fractions in [0, 1] (rounded only when rendered)::
 
@@ -25,13 +32,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import hashlib
 import json
 import math
 import os
 import platform
 import subprocess
 import sys
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -43,7 +50,9 @@ import pandas as pd
 
 from bctbench.errors import BCTBenchError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: archived results (file sha256 as old identity)
+DEFAULT_HPARAMS = "default"
 ROW_KEYS = ("eval_set", "protocol", "query_model", "gallery_model", "metric", "value")
 CURVE_KEYS = ("eval_set", "protocol", "metric", "mode", "order", "fractions", "values")
 
@@ -52,10 +61,13 @@ __all__ = [
     "ResultFileError",
     "RunResult",
     "collect_provenance",
+    "hparams_digest",
+    "machine_info",
     "metric_key",
     "metrics_frame",
     "read_result",
     "read_results",
+    "run_label",
     "result_path",
     "write_result",
 ]
@@ -93,8 +105,10 @@ class RunResult:
     method_hparams: dict[str, Any] = field(default_factory=dict)
     flags: list[str] = field(default_factory=list)
     benchmark_sha256: str | None = None
-    old_checkpoint_sha256: str | None = None
+    old_identity: str | None = None
     split_sha256: str | None = None
+    hparams_digest: str = DEFAULT_HPARAMS
+    per_query: dict[str, Any] = field(default_factory=dict)
     git: dict[str, Any] = field(default_factory=dict)
     env: dict[str, Any] = field(default_factory=dict)
     eval_variants: dict[str, Any] = field(default_factory=dict)
@@ -102,11 +116,19 @@ class RunResult:
     timings: dict[str, float] = field(default_factory=dict)
     created_at: str = field(default_factory=_now_iso)
     schema_version: int = SCHEMA_VERSION
+    #: the file this result was read from (not serialised)
+    source: str | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def label(self) -> str:
+        """``method`` for default hyperparameters, else ``method@<hparams digest>`` (folder and row name)."""
+        return run_label(self.method, self.hparams_digest)
 
     # ------------------------------------------------------------------ conversion
     def to_dict(self) -> dict[str, Any]:
         """Return a plain JSON-ready dict (field order = declaration order, ``schema_version`` first)."""
         d = dataclasses.asdict(self)
+        d.pop("source")
         return {"schema_version": d.pop("schema_version"), **d}
 
     def to_json(self) -> str:
@@ -127,10 +149,19 @@ class RunResult:
         if not isinstance(data, Mapping):
             raise bad("<root>", f"expected a JSON object, got {type(data).__name__}")
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise bad("schema_version", f"expected {SCHEMA_VERSION}, got {version!r}")
+        if version not in READABLE_VERSIONS:
+            raise bad("schema_version", f"expected one of {READABLE_VERSIONS}, got {version!r}")
+        if version == 1:  # archived: the file sha256 of the old checkpoint stood for its identity
+            data = {k: v for k, v in data.items() if k != "old_checkpoint_sha256"} | {
+                "schema_version": SCHEMA_VERSION,
+                "old_identity": (
+                    f"file-sha256:{data['old_checkpoint_sha256']}"
+                    if data.get("old_checkpoint_sha256")
+                    else None
+                ),
+            }
 
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls)} - {"source"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise bad(unknown[0], "unknown key")
@@ -150,8 +181,10 @@ class RunResult:
             "method_hparams": (dict, False),
             "flags": (list, False),
             "benchmark_sha256": (str, True),
-            "old_checkpoint_sha256": (str, True),
+            "old_identity": (str, True),
             "split_sha256": (str, True),
+            "hparams_digest": (str, False),
+            "per_query": (dict, False),
             "git": (dict, False),
             "env": (dict, False),
             "eval_variants": (dict, False),
@@ -205,7 +238,7 @@ class RunResult:
             for row in kwargs.get("metrics", [])
         ]
         kwargs["primary"] = {es: list(pm) for es, pm in kwargs.get("primary", {}).items()}
-        return cls(**kwargs)
+        return cls(**kwargs, source=src)
 
     # ------------------------------------------------------------------ helpers
     def primary_of(self, eval_set: str) -> tuple[str, str] | None:
@@ -271,8 +304,30 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def machine_info() -> dict[str, Any]:
+    """``{"cpu_model", "cpu_count", "torch_threads"}`` of this process (threads read from torch if loaded)."""
+    torch = sys.modules.get("torch")
+    return {
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads() if torch is not None else None,
+    }
+
+
 def collect_provenance(cwd: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Return ``{"git": {sha, dirty}, "env": {python, torch, lightning, timm, faiss, numpy, cuda, platform}}``.
+    """Return ``{"git": {sha, dirty}, "env": {python, torch, torchvision, pillow, lightning, timm, faiss, numpy,
+    cuda, platform, cpu_model, cpu_count, torch_threads}}``.
 
     Never raises: without git (or outside a repository) ``sha`` and ``dirty`` are None; missing libraries give
     None versions. ``cuda`` is torch's CUDA build version (None for CPU builds). Libraries are not imported
@@ -281,6 +336,8 @@ def collect_provenance(cwd: str | os.PathLike | None = None) -> dict[str, Any]:
     env: dict[str, Any] = {
         "python": platform.python_version(),
         "torch": _version("torch"),
+        "torchvision": _version("torchvision"),
+        "pillow": _version("pillow"),
         "lightning": _version("lightning"),
         "timm": _version("timm"),
         "faiss": _version("faiss-cpu") or _version("faiss-gpu") or _version("faiss"),
@@ -296,13 +353,29 @@ def collect_provenance(cwd: str | os.PathLike | None = None) -> dict[str, Any]:
             torch = None
     if torch is not None:
         env["cuda"] = getattr(getattr(torch, "version", None), "cuda", None)
+    env.update(machine_info())
     return {"git": _git_info(cwd), "env": env}
 
 
 # ---------------------------------------------------------------------- I/O
-def result_path(results_root: str | os.PathLike, benchmark: str, method: str, seed: int) -> Path:
-    """Return ``results_root/<benchmark>/<method>/seed<seed>.json``."""
-    return Path(results_root) / benchmark / method / f"seed{int(seed)}.json"
+def hparams_digest(non_default: Mapping[str, Any]) -> str:
+    """``"default"`` for no non-default hyperparameters, else 8 hex of their canonical JSON."""
+    if not non_default:
+        return DEFAULT_HPARAMS
+    blob = json.dumps(dict(non_default), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
+def run_label(method: str, digest: str = DEFAULT_HPARAMS) -> str:
+    """Folder / row name of a run: ``method``, or ``method@digest`` for non-default hyperparameters."""
+    return method if digest == DEFAULT_HPARAMS else f"{method}@{digest}"
+
+
+def result_path(
+    results_root: str | os.PathLike, benchmark: str, method: str, seed: int, digest: str = DEFAULT_HPARAMS
+) -> Path:
+    """Return ``results_root/<benchmark>/<label>/seed<seed>.json`` (:func:`run_label`)."""
+    return Path(results_root) / benchmark / run_label(method, digest) / f"seed{int(seed)}.json"
 
 
 def write_result(result: RunResult, results_root: str | os.PathLike) -> Path:
@@ -312,22 +385,10 @@ def write_result(result: RunResult, results_root: str | os.PathLike) -> Path:
     the target: readers see either the previous file or the complete new one, never a partial file. On any
     failure the temporary file is removed and the previous target is left untouched.
     """
-    path = result_path(results_root, result.benchmark, result.method, result.seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = result.to_json()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    from bctbench.identity import atomic_write_bytes
+
+    path = result_path(results_root, result.benchmark, result.method, result.seed, result.hparams_digest)
+    atomic_write_bytes(path, result.to_json().encode("utf-8"))
     try:  # persist the rename itself (POSIX); harmless where directories cannot be opened
         dfd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -385,7 +446,7 @@ def read_results(results_root: str | os.PathLike, benchmark: str | None = None) 
             )
             continue
         out.append(res)
-    out.sort(key=lambda r: (r.benchmark, r.method, r.seed))
+    out.sort(key=lambda r: (r.benchmark, r.method, r.hparams_digest, r.seed))
     return out
 
 

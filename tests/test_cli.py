@@ -113,7 +113,10 @@ def test_smoke_run_end_to_end(capsys, smoke_roots):
     assert code == 0, err
     assert "| independent" in out and "| old→old" in out  # the leaderboard is printed
     result = read_result(result_path(smoke_roots["--results-root"], "smoke", "independent", 0))
-    assert result.benchmark_sha256 and result.old_checkpoint_sha256 and result.split_sha256
+    assert result.benchmark_sha256 and result.old_identity and result.split_sha256
+    assert result.per_query["rsynth"]["groups"] and result.hparams_digest == "default"
+    for key in ("cpu_model", "torch_threads", "torchvision", "pillow", "num_workers"):
+        assert key in result.env
     assert result.env.get("torch") and "git" in result.to_dict()
     assert len(result.eval_variants["dataset_sha256"]) == 64
     keys = {(r["eval_set"], r["protocol"], r["query_model"], r["gallery_model"]) for r in result.metrics}
@@ -170,7 +173,7 @@ def test_second_method_reuses_cached_old_model_and_leaderboard_renders(capsys, s
     assert code == 0, err
     a = read_result(result_path(smoke_roots["--results-root"], "smoke", "independent", 0))
     b = read_result(result_path(smoke_roots["--results-root"], "smoke", "bct", 0))
-    assert a.old_checkpoint_sha256 == b.old_checkpoint_sha256
+    assert a.old_identity == b.old_identity
     old_old = [r["value"] for r in a.metrics if (r["query_model"], r["gallery_model"]) == ("old", "old")]
     assert old_old == [
         r["value"] for r in b.metrics if (r["query_model"], r["gallery_model"]) == ("old", "old")

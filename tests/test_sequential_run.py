@@ -17,7 +17,7 @@ from bctbench.config import load_benchmark
 from bctbench.errors import BCTBenchError
 from bctbench.evaluation.metrics import multi_step_metrics
 from bctbench.method import Encoder, module_digest
-from bctbench.old_model import file_sha256, load_old_model
+from bctbench.old_model import load_old_model
 from bctbench.registry import get_method
 from bctbench.results import read_result, result_path
 
@@ -37,7 +37,7 @@ def test_sequential_specs_load_and_follow_their_single_step_recipes():
         assert (spec.models, spec.training, spec.old_model, spec.evaluation, spec.seeds) == (
             ref.models,
             ref.training,
-            ref.old_model,
+            dataclasses.replace(ref.old_model, pinned=spec.old_model.pinned),  # each pins its own g0
             ref.evaluation,
             ref.seeds,
         )
@@ -101,19 +101,19 @@ def test_result_carries_the_full_lower_triangular_matrix(result):
 
 def test_generation_chain_old_is_previous_new_and_stays_frozen(result, ctx):
     gens = result.curves["sequential"]["generations"]
-    assert gens[0]["sha256"] == result.old_checkpoint_sha256
+    assert gens[0]["identity"] == result.old_identity
     for k in range(1, STEPS):
         g, prev = gens[k], gens[k - 1]
         assert g["step"] == k and g["method"] == "bct"
-        assert g["old_sha256"] == prev["sha256"], "the old model of step k is generation k-1's checkpoint"
+        assert g["old_identity"] == prev["identity"], "the old model of step k is generation k-1's checkpoint"
         assert g["old_digest_before"] == g["old_digest_after"], "the frozen old model changed in training"
-        prev_model = load_old_model(prev["path"], prev["sha256"]).model
+        prev_model = load_old_model(prev["path"], prev["identity"]).model
         assert module_digest(prev_model) == g["old_digest_before"]
-        assert file_sha256(g["path"]) == g["sha256"]
+        assert load_old_model(g["path"]).identity == g["identity"]
         assert module_digest(load_old_model(g["path"]).model) == g["new_digest"]  # saved = trained
         if k > 1:
             assert prev["new_digest"] == g["old_digest_before"]
-    assert len({g["sha256"] for g in gens}) == STEPS
+    assert len({g["identity"] for g in gens}) == STEPS
 
 
 def test_matrix_entries_equal_a_plain_two_model_evaluation(result, ctx):
@@ -121,8 +121,8 @@ def test_matrix_entries_equal_a_plain_two_model_evaluation(result, ctx):
     gens = result.curves["sequential"]["generations"]
     enc = {}
     for name, g in (("old", gens[1]), ("new", gens[2])):
-        emb = load_old_model(g["path"], g["sha256"]).model.embedder
-        enc[name] = Encoder(emb, f"check:{g['sha256']}")
+        emb = load_old_model(g["path"], g["identity"]).model.embedder
+        enc[name] = Encoder(emb, f"check:{g['identity']}")
     runtime = pipeline.Runtime(wandb=False, accelerator="cpu")
     report = pipeline.build_evaluator(ctx, runtime, pairs=["old-old", "new-old", "new-new"]).evaluate(enc)
     for es, (protocol, metric) in result.primary.items():
@@ -136,7 +136,7 @@ def test_rerun_reuses_cached_generations(result, ctx):
     gens = result.curves["sequential"]["generations"]
     mtimes = [pipeline.Path(g["path"]).stat().st_mtime_ns for g in gens]
     again = pipeline.run(ctx, "bct", seed=0, runtime=pipeline.Runtime(wandb=False, accelerator="cpu"))
-    assert [g["sha256"] for g in again.curves["sequential"]["generations"]] == [g["sha256"] for g in gens]
+    assert [g["identity"] for g in again.curves["sequential"]["generations"]] == [g["identity"] for g in gens]
     assert [pipeline.Path(g["path"]).stat().st_mtime_ns for g in gens] == mtimes
 
 
@@ -152,7 +152,7 @@ def test_a_method_that_changes_its_old_model_is_refused(result, ctx):
             return super().compatibility_loss(batch, new, old)
 
     gens = result.curves["sequential"]["generations"]
-    old_ref = pipeline.OldModelRef(pipeline.Path(gens[0]["path"]), gens[0]["sha256"])
+    old_ref = pipeline.OldModelRef(pipeline.Path(gens[0]["path"]), gens[0]["identity"])
     with pytest.raises(BCTBenchError, match="frozen generation 0 changed"):
         pipeline.train_generation(
             ctx,
@@ -163,7 +163,7 @@ def test_a_method_that_changes_its_old_model_is_refused(result, ctx):
             old_ref=old_ref,
             runtime=pipeline.Runtime(wandb=False, accelerator="cpu"),
         )
-    assert file_sha256(gens[0]["path"]) == gens[0]["sha256"]
+    assert load_old_model(gens[0]["path"]).identity == gens[0]["identity"]
 
 
 def test_sequential_leaderboard_through_the_cli(result, roots, capsys):
@@ -172,7 +172,7 @@ def test_sequential_leaderboard_through_the_cli(result, roots, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "| method | g0→g0 | g1→g0 | g1→g1 | g2→g0 | g2→g1 | g2→g2 | AC | AA | flags |" in out
-    assert "| bct |" in out and "**rsynth** (medium, mAP)" in out
+    assert "| bct (yours) |" in out and "**rsynth** (medium, mAP)" in out  # no reference results of smoke_seq
 
 
 def test_sequential_run_logs_each_generation_and_the_result_to_wandb_offline(

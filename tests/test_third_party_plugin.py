@@ -10,7 +10,7 @@ import pytest
 
 from bctbench import registry
 from bctbench.cli import main
-from bctbench.results import read_result, result_path
+from bctbench.results import hparams_digest, read_result, result_path
 
 PLUGIN = '''
 """Demo third-party method: BCT-style l2 pull with a custom weight."""
@@ -80,7 +80,9 @@ def test_entry_point_plugin_runs_on_smoke(plugin_package, tmp_path, capsys):
     )
     out = capsys.readouterr()
     assert code == 0, out.err
-    result = read_result(result_path(tmp_path / "r", "smoke", "demo_ext", 0))
+    digest = hparams_digest({"pull": 2.5})  # a variant: its own folder and row, never the default's
+    result = read_result(result_path(tmp_path / "r", "smoke", "demo_ext", 0, digest))
+    assert result.label == f"demo_ext@{digest}" and result.hparams_digest == digest
     assert result.method_hparams["pull"] == 2.5 and "pull=2.5" in result.flags
     assert any(r["query_model"] == "new" and r["gallery_model"] == "old" for r in result.metrics)
 

@@ -2,13 +2,16 @@
 
 For every eval set it embeds queries and gallery with each encoder it needs, ranks each (query model,
 gallery model) pair and scores it with the eval set's own metric, producing tidy rows
-``(eval_set, protocol, query_model, gallery_model, metric, value)``; it also computes backfilling curves.
+``(eval_set, protocol, query_model, gallery_model, metric, value)``; it also computes backfilling curves and
+keeps, per eval set and pair, the per-query scores of the primary (protocol, metric) with a landmark group
+id per query (``CompatibilityReport.per_query``), so results can be bootstrapped over landmarks later.
 Metric keys: ``test/{eval_set}/{protocol}/{query}-{gallery}/{metric}``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,11 +36,18 @@ def metric_key(
 
 @dataclass
 class CompatibilityReport:
-    """Tidy metric rows and backfilling curves of one evaluation."""
+    """Tidy metric rows and backfilling curves of one evaluation.
+
+    ``per_query[eval_set]`` = ``{"protocol": .., "metric": .. (the primary pair), "groups": list[int]
+    (n_queries landmark group ids, ``query_groups``), "scores": {"<query_model>|<gallery_model>":
+    list[float | None] (n_queries per-query scores, ``per_query``; None for NaN)}}``: JSON-ready; the
+    NaN-mean of each score list is the matching primary row's value.
+    """
 
     rows: list[dict] = field(default_factory=list)
     curves: list[dict] = field(default_factory=list)
     primary: dict[str, list[str]] = field(default_factory=dict)
+    per_query: dict[str, dict] = field(default_factory=dict)
 
     def metric_dict(self) -> dict[str, float]:
         return {
@@ -164,6 +174,13 @@ class CompatibilityEvaluator:
             raise EvaluationError(f"encoders missing for {missing} (given: {sorted(encoders)})")
         for es in self.eval_sets:
             report.primary[es.name] = [es.primary_protocol, es.primary_metric]
+            per_query_scores: dict[str, list[float | None]] = {}
+            report.per_query[es.name] = {
+                "protocol": es.primary_protocol,
+                "metric": es.primary_metric,
+                "groups": [int(x) for x in es.query_groups().tolist()],
+                "scores": per_query_scores,
+            }
             q_feats = {m: self.features(encoders[m], es, "query") for m in needed}
             g_feats = {m: self.features(encoders[m], es, "gallery") for m in needed if "->" not in m}
             top1_old = None
@@ -173,7 +190,11 @@ class CompatibilityEvaluator:
                         f"{es.name}: {q}->{g} query dim {q_feats[q].shape[1]} != gallery dim {g_feats[g].shape[1]}"
                     )
                 ranks = rank(q_feats[q], g_feats[g], topk=es.ranking_depth)
-                for protocol, values in es.score(ranks).items():
+                scores, per_query = es.score_with_per_query(ranks)
+                per_query_scores[f"{q}|{g}"] = [
+                    None if math.isnan(v) else float(v) for v in per_query.tolist()
+                ]
+                for protocol, values in scores.items():
                     for metric, value in values.items():
                         report.rows.append(
                             {

@@ -8,7 +8,7 @@ Contents
 * Revisited ROxford5k / RParis6k (§3): :func:`revisited_gnd`, :func:`revisited_map`,
   :func:`revisited_top1_correct`. Vectorised over queries (chunks bound the memory); values agree with the
   reference loop to floating-point rounding (the per-query AP sums its terms in the reference order).
-* GLDv2 retrieval mAP@100 (§4): :func:`gldv2_map_at_k`.
+* GLDv2 retrieval mAP@100 (§4): :func:`gldv2_map_at_k`, per query :func:`gldv2_ap_at_k`.
 * Compatibility (§5): :func:`compatibility_scores` (AdvBCT P_up / P_comp / P_beta),
   :func:`compatibility_criterion`, :func:`update_gain`, :func:`multi_step_metrics` (AC / AA).
 * Backfilling (§6): :func:`backfill_auc`, :func:`relative_auc_gain`, :func:`negative_flip_rate`.
@@ -32,6 +32,7 @@ __all__ = [
     "backfill_auc",
     "compatibility_criterion",
     "compatibility_scores",
+    "gldv2_ap_at_k",
     "gldv2_map_at_k",
     "multi_step_metrics",
     "negative_flip_rate",
@@ -379,8 +380,8 @@ def _gldv2_ap_loop(prediction: Sequence, relevant: set, k: int, n_relevant: int)
     return precision / n_expected
 
 
-def _gldv2_map_array(pred: np.ndarray, sol: list[np.ndarray], n_expected: np.ndarray, span: int) -> float:
-    """Vectorised :func:`gldv2_map_at_k` for ``int64[nq, <=k]`` predictions (ids < ``span``)."""
+def _gldv2_ap_array(pred: np.ndarray, sol: list[np.ndarray], n_expected: np.ndarray, span: int) -> np.ndarray:
+    """Vectorised :func:`gldv2_ap_at_k`: ``float64[nq]`` for ``int64[nq, <=k]`` predictions (ids < span)."""
     nq, kk = pred.shape
     # first occurrence of each id within its row
     order = np.argsort(pred, axis=1, kind="stable")
@@ -395,7 +396,64 @@ def _gldv2_map_array(pred: np.ndarray, sol: list[np.ndarray], n_expected: np.nda
     hit = np.isin(pred_keys, sol_keys) & (pred >= 0) & first
     n_correct = np.cumsum(hit, axis=1)
     prec = np.where(hit, n_correct / np.arange(1, kk + 1), 0.0)
-    return float(np.sum(prec.sum(axis=1) / n_expected) / nq)
+    return prec.sum(axis=1) / n_expected
+
+
+def _gldv2_ap_and_map(
+    predictions: np.ndarray | Sequence[Sequence[int]], solution: Sequence[Sequence[int] | set], k: int
+) -> tuple[np.ndarray, float]:
+    """``(ap float64[n_queries], mAP)`` of :func:`gldv2_ap_at_k` / :func:`gldv2_map_at_k` in one pass.
+
+    mAP is the mean of ``ap``, reduced as before per path: ``np.sum(ap) / nq`` for 2-D array input, a
+    sequential sum for ragged input (the official loop), so values are bit-for-bit unchanged.
+    """
+    if k < 1:
+        raise EvaluationError(f"k must be >= 1, got {k}")
+    nq = len(solution)
+    if len(predictions) != nq:
+        raise EvaluationError(f"{len(predictions)} prediction rows but {nq} solution entries")
+    sizes = np.fromiter((len(s) for s in solution), np.int64, nq)  # the official code divides by len(list)
+    sol = [np.unique(_index_array(list(s) if isinstance(s, set | frozenset) else s)) for s in solution]
+    for i, s in enumerate(sol):
+        if s.size == 0:
+            raise EvaluationError(f"query {i} has an empty solution set; filter unscored queries first")
+    if nq == 0:
+        return np.zeros(0, np.float64), float("nan")
+    if isinstance(predictions, np.ndarray) and predictions.ndim == 2 and predictions.size:
+        pred = _as_ranks(predictions)[:, :k]
+        span = int(max(pred.max(), max(int(s.max()) for s in sol))) + 1
+        if span * nq < 2**62:  # row-keyed ids fit in int64
+            aps = _gldv2_ap_array(pred, sol, np.minimum(sizes, k), span)
+            return aps, float(np.sum(aps) / nq)
+    aps = np.fromiter(
+        (
+            _gldv2_ap_loop(np.asarray(p, dtype=np.int64).reshape(-1).tolist(), set(s.tolist()), k, size)
+            for p, s, size in zip(predictions, sol, sizes.tolist(), strict=True)
+        ),
+        np.float64,
+        nq,
+    )
+    return aps, float(np.add.accumulate(aps)[-1] / nq)  # accumulate: the loop's sequential sum
+
+
+def gldv2_ap_at_k(
+    predictions: np.ndarray | Sequence[Sequence[int]], solution: Sequence[Sequence[int] | set], k: int = 100
+) -> np.ndarray:
+    """Per-query GLDv2 retrieval AP@k, the official DELF definition (``evaluation.md`` §4.2).
+
+    Args:
+        predictions: ``int64[n_queries, >=k]`` (rows = queries, best first) or a list of per-query
+            sequences (ragged, possibly empty). Only the first ``k`` predictions count; duplicates are
+            skipped but keep their position; negative ids (faiss padding) never match.
+        solution: per query the relevant gallery ids (non-empty).
+        k: cut-off (100 for GLDv2).
+
+    Returns:
+        ``float64[n_queries]``, per query
+        ``(1 / min(|G_q|, k)) * sum_i [first-occurrence hit at i] n_correct(i) / (i+1)`` (``|G_q|`` =
+        ``len(solution[q])``); a query with no predictions scores 0. Its mean is :func:`gldv2_map_at_k`.
+    """
+    return _gldv2_ap_and_map(predictions, solution, k)[0]
 
 
 def gldv2_map_at_k(
@@ -411,31 +469,11 @@ def gldv2_map_at_k(
         k: cut-off (100 for GLDv2).
 
     Returns:
-        mean over all queries of
+        mean over all queries of :func:`gldv2_ap_at_k`,
         ``(1 / min(|G_q|, k)) * sum_i [first-occurrence hit at i] n_correct(i) / (i+1)``; a query with no
         predictions scores 0. NaN when there are no queries.
     """
-    if k < 1:
-        raise EvaluationError(f"k must be >= 1, got {k}")
-    nq = len(solution)
-    if len(predictions) != nq:
-        raise EvaluationError(f"{len(predictions)} prediction rows but {nq} solution entries")
-    sizes = np.fromiter((len(s) for s in solution), np.int64, nq)  # the official code divides by len(list)
-    sol = [np.unique(_index_array(list(s) if isinstance(s, set | frozenset) else s)) for s in solution]
-    for i, s in enumerate(sol):
-        if s.size == 0:
-            raise EvaluationError(f"query {i} has an empty solution set; filter unscored queries first")
-    if nq == 0:
-        return float("nan")
-    if isinstance(predictions, np.ndarray) and predictions.ndim == 2 and predictions.size:
-        pred = _as_ranks(predictions)[:, :k]
-        span = int(max(pred.max(), max(int(s.max()) for s in sol))) + 1
-        if span * nq < 2**62:  # row-keyed ids fit in int64
-            return _gldv2_map_array(pred, sol, np.minimum(sizes, k), span)
-    total = 0.0
-    for p, s, size in zip(predictions, sol, sizes.tolist(), strict=True):
-        total += _gldv2_ap_loop(np.asarray(p, dtype=np.int64).reshape(-1).tolist(), set(s.tolist()), k, size)
-    return total / nq
+    return _gldv2_ap_and_map(predictions, solution, k)[1]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -515,6 +553,39 @@ def compatibility_scores(
         "u": u,
         "c": c,
         "f": f,
+    }
+
+
+def p_scores(self_new, cross, old_self, paragon_self, beta: float = 1.0) -> dict[str, np.ndarray]:
+    """Vectorised :func:`compatibility_scores`: P_up, P_comp and P_beta over many replicates at once.
+
+    Every argument is ``float[E, ...]`` (eval sets first, any trailing shape, e.g. ``[E, 1 + B]`` for a
+    point value and ``B`` bootstrap replicates); ``self_new`` may be None (the paragon's own row: P_up and
+    P_beta NaN). Returns ``{"P_up", "P_comp", "P_beta"}``, each ``float[...]``: 100 × the mean over eval sets
+    of ``u_d``, ``c_d`` and ``F_d`` as defined there (NaN guards included).
+    """
+    cross = np.asarray(cross, dtype=np.float64)
+    old = np.asarray(old_self, dtype=np.float64)
+    par = np.asarray(paragon_self, dtype=np.float64)
+    b2 = float(beta) ** 2
+
+    def sig_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            x = np.where(den == 0, np.nan, num / np.where(den == 0, 1.0, den))
+            return 0.5 * (1.0 + np.tanh(0.5 * x))  # the logistic function, stable for large |x|
+
+    c = sig_ratio(cross - old, par - old)
+    if self_new is None:
+        u = np.full_like(c, np.nan)
+    else:
+        u = sig_ratio(np.asarray(self_new, dtype=np.float64) - par, par)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        den = b2 * u + c
+        f = np.where(den == 0, np.nan, (1 + b2) * u * c / np.where(den == 0, 1.0, den))
+    return {
+        "P_up": 100.0 * u.mean(axis=0),
+        "P_comp": 100.0 * c.mean(axis=0),
+        "P_beta": 100.0 * f.mean(axis=0),
     }
 
 

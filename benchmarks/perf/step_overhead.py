@@ -148,7 +148,7 @@ def main() -> None:
             num_classes_new=c_new,
             num_classes_old=c_old,
             old_checkpoint=str(ckpt),
-            old_checkpoint_sha256=sha,
+            old_identity=sha,
             optimizer=optimizer,
             max_epochs=spec.training.epochs,
             image_size=s,

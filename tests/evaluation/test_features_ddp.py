@@ -32,6 +32,7 @@ def _worker(rank: int, port: int, paths: list[str], out: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
         np.save(f"{out}/rank{rank}.npy", _extract(paths))
+        dist.barrier()  # both ranks done before teardown: gloo aborts a process torn down mid-exchange
     finally:
         dist.destroy_process_group()
 

@@ -430,3 +430,26 @@ def test_lookup_tables_are_clean_after_an_error_and_between_calls(monkeypatch):
         got, ref = M.revisited_map(r, g), brute_revisited(r, g, (1, 5, 10))
         np.testing.assert_allclose(got[1], ref[1], atol=1e-12, rtol=0)
         np.testing.assert_allclose(got[3], ref[3], atol=1e-12, rtol=0)
+
+
+def test_p_scores_match_compatibility_scores_elementwise() -> None:
+    from bctbench.evaluation.metrics import compatibility_scores, p_scores
+
+    rng = np.random.default_rng(3)
+    E, B = 2, 7
+    self_new, cross, old, par = (rng.uniform(0.1, 0.6, (E, B)) for _ in range(4))
+    old[1, 3] = par[1, 3]  # P_comp guard: paragon == old -> NaN
+    vec = p_scores(self_new, cross, old, par)
+    vec_paragon = p_scores(None, cross, old, par)
+    for b in range(B):
+        names = [f"e{i}" for i in range(E)]
+        ref = compatibility_scores(
+            dict(zip(names, self_new[:, b], strict=True)),
+            dict(zip(names, cross[:, b], strict=True)),
+            dict(zip(names, old[:, b], strict=True)),
+            dict(zip(names, par[:, b], strict=True)),
+        )
+        for key in ("P_up", "P_comp", "P_beta"):
+            np.testing.assert_allclose(vec[key][b], ref[key], rtol=1e-12, equal_nan=True)
+        assert np.isnan(vec_paragon["P_up"][b]) and np.isnan(vec_paragon["P_beta"][b])
+        np.testing.assert_allclose(vec_paragon["P_comp"][b], ref["P_comp"], rtol=1e-12, equal_nan=True)

@@ -94,7 +94,7 @@ def setup(old_checkpoint):
         num_classes_new=C_NEW,
         num_classes_old=C_OLD,
         old_checkpoint=str(path),
-        old_checkpoint_sha256=sha,
+        old_identity=sha,
         optimizer={
             "name": "sgd",
             "lr": 0.05,

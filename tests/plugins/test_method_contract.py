@@ -111,8 +111,8 @@ def test_hparams_round_trip_through_checkpoint(name, setup, loader, tmp_path):
 
 
 def test_old_checkpoint_sha_mismatch_is_an_error(setup):
-    bad = MethodSetup(**{**setup.__dict__, "old_checkpoint_sha256": "0" * 64})
-    with pytest.raises(CheckpointError, match="does not match"):
+    bad = MethodSetup(**{**setup.__dict__, "old_identity": "0" * 64})
+    with pytest.raises(CheckpointError, match="another old model"):
         get_method("independent")(bad)
 
 

@@ -70,6 +70,7 @@ def _worker(rank: int, port: int, setup_dict: dict, out_dir: str) -> None:
         local = slice(rank * B, (rank + 1) * B)
         loss, grad = _loss_and_grad(model, new_raw[local], old_raw[local], labels[local])
         torch.save({"loss": loss, "grad": grad}, f"{out_dir}/rank{rank}.pt")
+        dist.barrier()  # both ranks done before teardown: gloo aborts a process torn down mid-exchange
     finally:
         dist.destroy_process_group()
 

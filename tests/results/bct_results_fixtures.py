@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from bctbench.results import RunResult
 
 BENCH = "synth_fixture"
@@ -31,6 +33,30 @@ def _rows(eval_set: str, protocol: str, metric: str, old: float, cross: float, s
     ]
 
 
+# per eval set: landmark group of each query (4 landmarks x 3 queries; gsynth has one unscored query)
+GROUPS = {"rsynth": [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3], "gsynth": [0, 0, 1, 1, 2, 2, 3, 3, 3, 4, 4, 5]}
+
+
+def _per_query(method: str, seed: int, eval_set: str, values: dict[str, float]) -> dict:
+    """Per-query scores whose mean over scored queries is each pair's value: a landmark pattern shared by
+    every run plus a small run-specific one (both zero-mean)."""
+    groups = np.asarray(GROUPS[eval_set])
+    nq = groups.size
+    shared = 0.06 * np.sin(1.0 + 2.3 * groups)
+    rng = np.random.default_rng([len(method), seed, nq])
+    scores = {}
+    for pair, v in values.items():
+        own = 0.02 * rng.standard_normal(nq)
+        x = v + shared + own
+        if eval_set == "gsynth":
+            x[-1] = np.nan  # a query of another usage: not scored
+        scored = ~np.isnan(x)
+        x[scored] += v - x[scored].mean()
+        scores[pair] = [None if np.isnan(a) else float(a) for a in x]
+    protocol, metric = PRIMARY[eval_set]
+    return {"protocol": protocol, "metric": metric, "groups": GROUPS[eval_set], "scores": scores}
+
+
 def _curve(mode: str, order: str, order_seed: int, values: list[float]) -> dict:
     """One rsynth/medium/mAP backfilling curve over FRACTIONS with its trapezoid AUC."""
     auc = sum(
@@ -55,9 +81,16 @@ def make_result(method: str, seed: int) -> RunResult:
     seeds, vals, flags = METHODS[method]
     d = 0.01 * seed - 0.005 * (method == "l2") * seed  # per-seed spread
     metrics: list[dict] = []
+    per_query = {}
     for es, (cross, self_) in vals.items():
         protocol, metric = PRIMARY[es]
-        metrics += _rows(es, protocol, metric, OLD_SELF[es], round(cross + d, 6), round(self_ + d, 6))
+        old_k = OLD_SELF[es] + 0.004 * seed  # old model k of seed k
+        metrics += _rows(es, protocol, metric, old_k, round(cross + d, 6), round(self_ + d, 6))
+        values = {"old|old": old_k, "new|old": round(cross + d, 6), "new|new": round(self_ + d, 6)}
+        old_pq = _per_query("old-model", seed, es, {"old|old": old_k})
+        mine = _per_query(method, seed, es, values)
+        mine["scores"]["old|old"] = old_pq["scores"]["old|old"]  # the same old model k for every method
+        per_query[es] = mine
         other = "easy" if es == "rsynth" else "public"
         metrics += _rows(es, other, metric, OLD_SELF[es] + 0.1, round(cross + 0.1, 6), round(self_ + 0.1, 6))
     cross, self_ = vals["rsynth"]
@@ -83,8 +116,9 @@ def make_result(method: str, seed: int) -> RunResult:
         method_hparams={"lr": 0.01, "lambda": 1.0},
         flags=list(flags),
         benchmark_sha256="b" * 64,
-        old_checkpoint_sha256="o" * 64,
-        split_sha256="s" * 64,
+        old_identity=f"{seed:x}" * 64,
+        split_sha256="5" * 64,
+        per_query=per_query,
         git={"sha": "0" * 40, "dirty": False},
         env={
             "python": "3.11.7",
@@ -96,7 +130,7 @@ def make_result(method: str, seed: int) -> RunResult:
             "cuda": None,
             "platform": "test",
         },
-        eval_variants={"query_crop": True},
+        eval_variants={"query_crop": True, "dataset_sha256": "d" * 64},
         wandb_run=None,
         timings={"fit": 1.5, "test": 0.5},
         created_at="2025-01-01T00:00:00+00:00",

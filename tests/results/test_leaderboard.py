@@ -1,4 +1,4 @@
-"""Leaderboard from fixture results: golden markdown, CSV, LaTeX, plots and the render entry point."""
+"""Leaderboard from fixture results: golden markdown, intervals, verdicts, tiers, CSV, LaTeX, plots, render."""
 
 from __future__ import annotations
 
@@ -7,86 +7,157 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from bctbench.errors import BCTBenchError, ConfigError
+from bctbench.evaluation.metrics import compatibility_scores
 from bctbench.leaderboard import (
     leaderboard,
-    load_results,
     plot_leaderboard,
     render,
+    results_frame,
     to_csv,
     to_latex,
     to_markdown,
 )
+from bctbench.results import RunResult, read_results
+from bctbench.statistics import combined_interval
 from tests.results.bct_results_fixtures import BENCH
 
 GOLDEN = Path(__file__).with_name("golden_leaderboard.md")
+RS = "rsynth medium mAP"
 
 
 @pytest.fixture
-def frame(results_root: Path) -> pd.DataFrame:
-    return load_results(results_root, BENCH)
+def results(results_root: Path) -> list[RunResult]:
+    return read_results(results_root, BENCH)
 
 
-def test_golden_markdown(frame: pd.DataFrame) -> None:
-    text = to_markdown(leaderboard(frame))
+@pytest.fixture
+def lb(results: list[RunResult]) -> pd.DataFrame:
+    return leaderboard(results)
+
+
+def test_golden_markdown(lb: pd.DataFrame) -> None:
+    text = to_markdown(lb)
     if os.environ.get("BCTBENCH_UPDATE_GOLDEN") == "1":
         GOLDEN.write_text(text, encoding="utf-8")
     assert text == GOLDEN.read_text(encoding="utf-8")
 
 
-def test_rows_order_and_values(frame: pd.DataFrame) -> None:
-    lb = leaderboard(frame)
+def test_cells_are_means_with_intervals_of_both_error_sources(lb: pd.DataFrame) -> None:
     assert list(lb["key"][:2]) == ["old→old", "independent"]
-    p1 = lb.loc[lb.role == "method", "P_1"].tolist()
-    assert p1 == sorted(p1, reverse=True)
     bct = lb.set_index("key").loc["bct"]
-    assert bct["rsynth medium mAP new→old"] == pytest.approx(0.46)  # seeds 0.45, 0.46, 0.47
-    assert bct["rsynth medium mAP new→old std"] == pytest.approx(0.01)
-    assert bct["rsynth medium mAP new→old n"] == 3
-    assert bct["rsynth cross>old"] is True and bct["gsynth cross>old"] is True
-    assert lb.set_index("key").loc["l2", "gsynth cross>old"] is False  # 0.19 / 0.185 < 0.20
+    col = f"{RS} new→old"
+    assert bct[col] == pytest.approx(0.46)  # seeds 0.45, 0.46, 0.47
+    assert bct[f"{col} n"] == 3 and bct[f"{col} seed_sd"] == pytest.approx(0.01)
+    assert bct[f"{col} test_se"] > 0
+    seed_only = combined_interval([0.45, 0.46, 0.47])
+    assert bct[f"{col} lo"] < seed_only.low and bct[f"{col} hi"] > seed_only.high  # the test set widens it
+    assert bct[f"{col} lo"] < bct[col] < bct[f"{col} hi"]
+    ref = lb.set_index("key").loc["old→old"]
+    assert ref[f"{RS} new→new"] == pytest.approx(0.404)  # old model k of seed k: 0.400, 0.404, 0.408
+    assert ref[f"{RS} new→new n"] == 3
+
+
+def test_p_metrics_are_per_seed_against_that_seeds_old_model(lb: pd.DataFrame, results) -> None:
+    by = {(r.method, r.seed): r for r in results}
+    sets = {"rsynth": ("medium", "mAP"), "gsynth": ("private", "mAP@100")}
+
+    def v(m, s, es, q, g):
+        return by[(m, s)].value(es, sets[es][0], q, g, sets[es][1])
+
+    per_seed = [
+        compatibility_scores(
+            {es: v("bct", s, es, "new", "new") for es in sets},
+            {es: v("bct", s, es, "new", "old") for es in sets},
+            {es: v("bct", s, es, "old", "old") for es in sets},
+            {es: v("independent", s, es, "new", "new") for es in sets},
+        )["P_comp"]
+        for s in range(3)
+    ]
+    assert lb.set_index("key").loc["bct", "P_comp"] == pytest.approx(np.mean(per_seed))
     ind = lb.set_index("key").loc["independent"]
     assert math.isnan(ind["P_up"]) and math.isnan(ind["P_1"]) and math.isfinite(ind["P_comp"])
-    assert lb.set_index("key").loc["advbct", "flags"] == "advbct_compat"
-    ref = lb.set_index("key").loc["old→old"]
-    assert ref["gsynth private mAP@100 new→new"] == pytest.approx(0.20)
-    # AUC: per run mean over the two random orders, then over seeds; uncertainty order ignored
-    auc = bct["AUC rsynth medium mAP mixed/random"]
-    assert 0.46 < auc < 0.57 and bct["AUC rsynth medium mAP mixed/random n"] == 3
 
 
-def test_no_hard_coded_eval_sets(frame: pd.DataFrame) -> None:
-    renamed = frame.replace({"eval_set": {"rsynth": "zzz_set"}})
-    lb = leaderboard(renamed)
-    assert "zzz_set medium mAP new→old" in lb.columns
+def test_verdicts_tiers_and_bold_follow_paired_tests(lb: pd.DataFrame) -> None:
+    rows = lb.set_index("key")
+    for key in ("bct", "l2", "independent"):
+        assert rows.loc[key, "rsynth cross>old"] in ("✓", "≈", "✗")
+    assert rows.loc["bct", "rsynth cross>old"] == "✓"  # +5.6 points on every seed, small test-set noise
+    assert rows.loc["independent", "rsynth cross>old"] == "✗"
+    assert rows.loc["advbct", "rsynth cross>old"] == "≈"  # one seed: no verdict either way
+    assert rows.loc["advbct", "tier"] == 1 or math.isnan(rows.loc["advbct", "P_1"])
+    tiers = rows.loc[rows["role"] == "method", "tier"].dropna()
+    assert set(tiers) <= {1, 2, 3} and 1 in set(tiers)
+    assert not rows["best"].any() or rows["best"].sum() == 1
+    p1 = lb.loc[lb.role == "method"].dropna(subset=["tier"])
+    assert list(p1["tier"]) == sorted(p1["tier"])  # rows ordered by tier
 
 
-def test_csv(frame: pd.DataFrame) -> None:
-    lb = leaderboard(frame)
-    back = pd.read_csv(io.StringIO(to_csv(lb)))
-    assert list(back.columns) == list(lb.columns)
-    assert back["rsynth medium mAP new→new"].tolist() == pytest.approx(
-        lb["rsynth medium mAP new→new"].tolist()
+def test_shuffled_test_set_makes_no_difference_significant(results: list[RunResult]) -> None:
+    # the same numbers with a huge landmark effect: the bootstrap widens every interval
+    noisy = []
+    for r in results:
+        pq = {}
+        for es, d in r.per_query.items():
+            groups = np.asarray(d["groups"])
+            shift = 0.5 * np.where(groups % 2 == 0, 1.0, -1.0)
+            scores = {}
+            for pair, vals in d["scores"].items():
+                x = np.array([np.nan if a is None else a for a in vals]) + shift
+                scores[pair] = [None if np.isnan(a) else float(a) for a in x]
+            pq[es] = {**d, "scores": scores}
+        noisy.append(RunResult(**{**r.to_dict(), "per_query": pq, "schema_version": r.schema_version}))
+    wide = leaderboard(noisy).set_index("key")
+    narrow = leaderboard(results).set_index("key")
+    col = f"{RS} new→old"
+    assert wide.loc["bct", f"{col} hi"] - wide.loc["bct", f"{col} lo"] > (
+        narrow.loc["bct", f"{col} hi"] - narrow.loc["bct", f"{col} lo"]
     )
 
 
-def test_latex_bolds_best(frame: pd.DataFrame) -> None:
-    lb = leaderboard(frame)
+def test_no_hard_coded_eval_sets(results: list[RunResult]) -> None:
+    renamed = []
+    for r in results:
+        d = r.to_dict()
+        d["metrics"] = [
+            {**m, "eval_set": "zzz" if m["eval_set"] == "rsynth" else m["eval_set"]} for m in d["metrics"]
+        ]
+        d["primary"] = {("zzz" if k == "rsynth" else k): v for k, v in d["primary"].items()}
+        d["per_query"] = {("zzz" if k == "rsynth" else k): v for k, v in d["per_query"].items()}
+        renamed.append(RunResult.from_dict(d))
+    assert "zzz medium mAP new→old" in leaderboard(renamed).columns
+
+
+def test_csv(lb: pd.DataFrame) -> None:
+    back = pd.read_csv(io.StringIO(to_csv(lb)))
+    assert list(back.columns) == list(lb.columns)
+    for suffix in ("", " lo", " hi", " seed_sd", " test_se"):
+        assert back[f"{RS} new→new{suffix}"].tolist() == pytest.approx(
+            lb[f"{RS} new→new{suffix}"].tolist(), nan_ok=True
+        )
+
+
+def test_latex_bolds_only_a_significantly_best_row(lb: pd.DataFrame) -> None:
     tex = to_latex(lb)
     assert tex.startswith(r"\begin{tabular}") and r"\bottomrule" in tex
     lines = {line.split(" & ")[0]: line for line in tex.splitlines() if " & " in line}
-    # advbct has the best rsynth cross-test (0.47) and is bold there; references are never bold
-    assert r"\textbf{47.00 (1)}" in lines["advbct"]
-    assert r"\textbf{" not in lines[r"old$\to$old"]
-    assert r"$\pm$" in lines["bct"]
-    assert r"advbct\_compat" in lines["advbct"]
+    assert r"$\pm$" in lines["bct"] and r"advbct\_compat" in lines["advbct"]
+    best = lb.loc[lb["best"], "key"].tolist()
+    bold = [k for k, line in lines.items() if r"\textbf{" in line]
+    assert len(bold) == len(best) <= 1
+    forced = lb.copy()
+    forced["best"] = forced["key"] == "bct"
+    assert r"\textbf{bct}" in to_latex(forced)
+    assert "**bct**" in to_markdown(forced)
 
 
-def test_plots(frame: pd.DataFrame, tmp_path: Path) -> None:
-    paths = plot_leaderboard(frame, tmp_path / "plots")
+def test_plots(results: list[RunResult], lb: pd.DataFrame, tmp_path: Path) -> None:
+    paths = plot_leaderboard(results_frame(results), tmp_path / "plots", lb)
     names = sorted(p.name for p in paths)
     assert names == [
         "backfill_rsynth_headline.png",
@@ -100,7 +171,8 @@ def test_plots(frame: pd.DataFrame, tmp_path: Path) -> None:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000
 
 
-def test_headline_backfill_curves_use_each_methods_own_mode(frame: pd.DataFrame, tmp_path: Path) -> None:
+def test_headline_backfill_curves_use_each_methods_own_mode(results, lb, tmp_path: Path) -> None:
+    frame = results_frame(results)
     head = frame[(frame["kind"] == "backfill_auc") & (frame["mode"] == frame["backfill_mode"])]
     assert set(zip(head["method"], head["mode"], strict=True)) == {
         ("independent", "merge"),
@@ -108,35 +180,30 @@ def test_headline_backfill_curves_use_each_methods_own_mode(frame: pd.DataFrame,
         ("l2", "mixed"),
         ("advbct", "mixed"),
     }
-    paths = plot_leaderboard(frame, tmp_path / "plots", curve_methods=["independent", "bct"])
+    paths = plot_leaderboard(frame, tmp_path / "plots", lb, curve_methods=["independent", "bct"])
     assert "backfill_rsynth_headline_selected.png" in {p.name for p in paths}
     with pytest.raises(ConfigError, match="no random-order curves for nosuch"):
-        plot_leaderboard(frame, tmp_path / "plots", curve_methods=["bct", "nosuch"])
+        plot_leaderboard(frame, tmp_path / "plots", lb, curve_methods=["bct", "nosuch"])
 
 
 def test_render(results_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "lb.md"
-    text = render(results_root, BENCH, fmt="md", out=out, plots_dir=tmp_path / "p")
+    text = render(None, BENCH, fmt="md", out=out, plots_dir=tmp_path / "p", reference_root=results_root)
     assert out.read_text() == text == GOLDEN.read_text(encoding="utf-8")
     assert len(list((tmp_path / "p").glob("*.png"))) == 6
-    assert render(results_root, BENCH, fmt="csv").startswith("method,key,role,flags,seeds,")
+    assert render(results_root, BENCH, fmt="csv").startswith("method,key,name,origin,role,flags,seeds,")
     with pytest.raises(ConfigError, match="unknown leaderboard format 'html'"):
         render(results_root, BENCH, fmt="html")
-    with pytest.raises(BCTBenchError, match="no readable results for benchmark 'nope'"):
+    with pytest.raises(BCTBenchError, match="no readable, comparable results for benchmark 'nope'"):
         render(results_root, "nope")
 
 
-def test_backfill_column_counts_monotone_curves(frame: pd.DataFrame) -> None:
-    lb = leaderboard(frame).set_index("key")
-    assert lb.loc["independent", "backfill"] == "merge: monotone 3/3"
-    assert lb.loc["bct", "backfill"] == "mixed: monotone 6/6"  # 3 seeds x 2 random orders
-    dip = frame.copy()
-    point = dip.index[
-        (dip["kind"] == "backfill")
-        & (dip["method"] == "bct")
-        & (dip["seed"] == 1)
-        & (dip["order_seed"] == 0)
-        & (dip["fraction"] == 0.5)
-    ]
-    dip.loc[point, "value"] = 0.0
+def test_backfill_column_counts_monotone_curves(results: list[RunResult]) -> None:
+    rows = leaderboard(results).set_index("key")
+    assert rows.loc["independent", "backfill"] == "merge: monotone 3/3"
+    assert rows.loc["bct", "backfill"] == "mixed: monotone 6/6"  # 3 seeds x 2 random orders
+    dip = [RunResult.from_dict(r.to_dict()) for r in results]
+    bct1 = next(r for r in dip if (r.method, r.seed) == ("bct", 1))
+    curve = next(c for c in bct1.curves["backfill"] if c["order"] == "random" and c["order_seed"] == 0)
+    curve["values"][2] = 0.0
     assert leaderboard(dip).set_index("key").loc["bct", "backfill"] == "mixed: monotone 5/6"

@@ -28,8 +28,9 @@ def test_round_trip(tmp_path: Path) -> None:
     assert path == tmp_path / BENCH / "bct" / "seed1.json" == result_path(tmp_path, BENCH, "bct", 1)
     back = read_result(path)
     assert back == res
-    assert back.schema_version == 1
-    assert json.loads(path.read_text())["schema_version"] == 1
+    assert back.schema_version == 2
+    assert json.loads(path.read_text())["schema_version"] == 2
+    assert "source" not in json.loads(path.read_text())  # where it was read from is not data
 
 
 def test_nan_is_written_as_null_and_read_back_as_nan(tmp_path: Path) -> None:
@@ -73,7 +74,7 @@ def test_atomic_write_crash_without_previous_file(tmp_path: Path, monkeypatch: p
     ("mutate", "key"),
     [
         (lambda d: d.pop("seed"), "seed"),
-        (lambda d: d.update(schema_version=2), "schema_version"),
+        (lambda d: d.update(schema_version=3), "schema_version"),
         (lambda d: d.update(metrics="nope"), "metrics"),
         (lambda d: d["metrics"][3].pop("value"), "metrics[3].value"),
         (lambda d: d["primary"].update(rsynth=["medium"]), "primary.rsynth"),

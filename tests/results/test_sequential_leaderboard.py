@@ -15,7 +15,6 @@ from bctbench.evaluation.sequential import compatibility_matrices
 from bctbench.leaderboard import (
     is_sequential,
     leaderboard,
-    load_results,
     render,
     sequential_leaderboard,
     sequential_to_markdown,
@@ -93,13 +92,14 @@ def test_values_are_per_seed_summaries_over_seeds(seq_root: Path) -> None:
         aa.append(multi_step_metrics(m)["AA"])
     bct = lb.loc["bct"]
     assert bct["rsynth AC"] == pytest.approx(np.mean(ac)) and bct["rsynth AC n"] == 2
-    assert bct["rsynth AA"] == pytest.approx(np.mean(aa)) and bct["rsynth AA std"] == pytest.approx(
-        np.std(aa, ddof=1)
-    )
+    t = 12.706204736174707  # t(0.975, df=1): two seeds
+    half = t * np.std(aa, ddof=1) / np.sqrt(2)
+    assert bct["rsynth AA"] == pytest.approx(np.mean(aa))
+    assert bct["rsynth AA hi"] - bct["rsynth AA"] == pytest.approx(half)
     assert bct["rsynth medium mAP g2→g0"] == pytest.approx(0.315)
     # by hand: g1->g0 0.33 > 0.30, g2->g0 0.31 > 0.30, g2->g1 0.42 > 0.40 -> AC = 1; independent: AC = 0
     assert bct["rsynth AC"] == pytest.approx(1.0) and lb.loc["independent", "gsynth AC"] == pytest.approx(0.0)
-    assert lb.loc["independent", "seeds"] == 1 and np.isnan(lb.loc["independent", "rsynth AA std"])
+    assert lb.loc["independent", "seeds"] == 1 and np.isnan(lb.loc["independent", "rsynth AA hi"])
 
 
 def test_csv_and_unsupported_format(seq_root: Path) -> None:
@@ -119,6 +119,6 @@ def test_mixed_generation_counts_are_refused(seq_root: Path) -> None:
 def test_single_step_render_is_unchanged(results_root: Path) -> None:
     assert not is_sequential(read_results(results_root, SINGLE_BENCH))
     assert render(results_root, SINGLE_BENCH, fmt="md") == to_markdown(
-        leaderboard(load_results(results_root, SINGLE_BENCH))
+        leaderboard(read_results(results_root, SINGLE_BENCH))
     )
     assert sequential_to_markdown  # exported

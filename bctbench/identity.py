@@ -1,0 +1,81 @@
+"""Model identities from content: a digest of the tensors, never of file bytes or metadata.
+
+``state_identity(state_dict)`` hashes, for every entry in sorted key order, the key, the dtype, the shape and
+the raw little-endian bytes of the tensor. Two models with the same weights (parameters and buffers) get the
+same identity whatever file, machine or time they came from; any change to a weight, a buffer (e.g. BatchNorm
+running statistics), a dtype or a key changes it. Identities are 64 hex characters; :func:`short` gives the
+12-character form shown in tables and logs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["atomic_write_bytes", "module_identity", "save_deterministic", "short", "state_identity"]
+
+
+def state_identity(state: Mapping[str, torch.Tensor]) -> str:
+    """sha256 hex of a state dict's content: per key (sorted) the key, dtype, shape and tensor bytes."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        value = state[key]
+        if not isinstance(value, torch.Tensor):
+            value = torch.as_tensor(value)
+        t = value.detach().cpu().contiguous()
+        h.update(key.encode())
+        h.update(b"\0" + str(t.dtype).encode() + b"\0" + repr(tuple(t.shape)).encode() + b"\0")
+        # bytes through a uint8 view: works for every dtype, bfloat16 included
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def module_identity(module: nn.Module) -> str:
+    """:func:`state_identity` of ``module.state_dict()`` (parameters and buffers)."""
+    return state_identity(module.state_dict())
+
+
+def short(identity: str | None, n: int = 12) -> str:
+    """The first ``n`` characters of an identity (``"–"`` for None)."""
+    return identity[:n] if identity else "–"
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync, rename); return it.
+
+    The file gets the usual permissions (``0666`` minus the umask), not ``mkstemp``'s ``0600``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def save_deterministic(obj: object, path: str | os.PathLike) -> Path:
+    """``torch.save`` ``obj`` into memory, then write the bytes atomically.
+
+    Saving through a buffer keeps the file name out of the archive, so the same object gives the same bytes.
+    """
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return atomic_write_bytes(path, buf.getvalue())
