@@ -11,7 +11,7 @@ SEEDS  ?= 0 1 2
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv bench bench-all smoke leaderboard reevaluate data test test-all lint format clean
+.PHONY: help venv bench bench-all reference smoke leaderboard reevaluate data test test-all lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -31,10 +31,13 @@ bench: $(STAMP) ## train (old model cached), evaluate METHOD on BENCH with SEED,
 bench-all: $(STAMP) ## every registered method x SEEDS on BENCH, then the leaderboard
 	$(BIN)/bctbench run-all --benchmark $(BENCH) --seeds $(SEEDS) $(ARGS)
 
+reference: $(STAMP) ## maintainers: every method x SEEDS into results/reference (clean git tree only)
+	$(BIN)/bctbench run-all --reference --benchmark $(BENCH) --seeds $(SEEDS) $(ARGS)
+
 smoke: $(STAMP) ## every registered method on the tiny smoke benchmark (CPU, CI-sized)
 	$(BIN)/bctbench run-all --benchmark smoke --seeds 0 $(ARGS)
 
-leaderboard: $(STAMP) ## print the leaderboard of BENCH from results/ alone (+ PNG plots)
+leaderboard: $(STAMP) ## print the leaderboard of BENCH: reference results + yours (results/local), + PNG plots
 	$(BIN)/bctbench leaderboard --benchmark $(BENCH) $(ARGS)
 
 reevaluate: $(STAMP) ## re-score BENCH's finished runs with the spec's current evaluation section

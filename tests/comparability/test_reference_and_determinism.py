@@ -1,0 +1,56 @@
+"""Reference results are apart from a user's runs (written only by --reference from a clean tree); a run's
+result does not depend on whether the caches were warm."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bctbench import pipeline
+from bctbench.errors import ConfigError
+from bctbench.paths import REFERENCE_ROOT, is_reference_root, resolve_results_root
+
+
+def test_user_runs_never_go_to_the_reference_folder(monkeypatch) -> None:
+    monkeypatch.delenv("BCTBENCH_RESULTS", raising=False)
+    assert resolve_results_root() == Path("results") / "local"
+    assert not is_reference_root(resolve_results_root())
+    with pytest.raises(ConfigError, match="written only by `--reference` runs"):
+        pipeline.RunContext.create("smoke", results_root=REFERENCE_ROOT / "smoke" / "..")
+    monkeypatch.setenv("BCTBENCH_RESULTS", str(REFERENCE_ROOT))
+    with pytest.raises(ConfigError, match="written only by `--reference` runs"):
+        pipeline.RunContext.create("smoke")
+
+
+@pytest.mark.parametrize(
+    ("git", "message"), [({"sha": "a" * 40, "dirty": True}, "clean tree"), ({"sha": None}, "git checkout")]
+)
+def test_reference_runs_need_a_clean_committed_tree(monkeypatch, git, message) -> None:
+    import bctbench.results as results
+
+    monkeypatch.setattr(results, "collect_provenance", lambda cwd=None: {"git": git, "env": {}})
+    with pytest.raises(ConfigError, match=message):
+        pipeline.RunContext.create("smoke", reference=True)
+    monkeypatch.setattr(
+        results, "collect_provenance", lambda cwd=None: {"git": {"sha": "a" * 40, "dirty": False}}
+    )
+    assert pipeline.RunContext.create("smoke", reference=True).results_root == REFERENCE_ROOT
+
+
+def _run(tmp_path: Path, cache: str):
+    ctx = pipeline.RunContext.create(
+        "smoke", cache_root=tmp_path / cache, results_root=tmp_path / f"r-{cache}"
+    )
+    return pipeline.run(ctx, "bct", seed=0, runtime=pipeline.Runtime(wandb=False, accelerator="cpu"))
+
+
+def test_cold_and_warm_caches_give_bit_identical_results(tmp_path: Path) -> None:
+    cold = _run(tmp_path, "a")  # computes the old-model artefacts and features
+    warm = _run(tmp_path, "a")  # reads them from the cache
+    fresh = _run(tmp_path, "b")  # cold again, in another cache
+    assert cold.timings["artifacts"] > warm.timings["artifacts"]
+    for other in (warm, fresh):
+        assert other.metrics == cold.metrics
+        assert other.per_query == cold.per_query
+        assert other.eval_variants["encoders"] == cold.eval_variants["encoders"]
