@@ -14,11 +14,10 @@ Kinds (methods.md §2, §13):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +26,25 @@ import torch
 
 from bctbench.errors import BCTBenchError
 from bctbench.evaluation.features import extract_features
+from bctbench.identity import save_deterministic
 from bctbench.old_model import FrozenOldModel
 
 log = logging.getLogger(__name__)
 
 KINDS = ("old_classifier", "old_features_new", "class_means_new", "advbct_meta")
+
+# keys of each kind's dict (advbct_meta: those of :func:`bctbench.prototypes.advbct_class_meta`); a cached
+# file with other keys is recomputed
+ARTIFACT_KEYS: dict[str, frozenset[str]] = {
+    "old_classifier": frozenset({"weight"}),
+    "old_features_new": frozenset({"features", "labels", "old_labels", "num_classes"}),
+    "class_means_new": frozenset({"means", "counts", "old_label_of_class"}),
+    "advbct_meta": frozenset(
+        {"centers", "r_max", "r_min", "r_med", "theta_max", "n_kept", "counts", "has_meta"}
+    ),
+}
+# keys holding ``[*, d]`` old-model embeddings (d = the old model's embedding width)
+_EMBEDDING_KEYS = frozenset({"weight", "features", "means", "centers"})
 
 
 @dataclass(frozen=True)
@@ -48,8 +61,10 @@ class ArtifactStore:
     """Lazy, cached old-model artefacts (see module docstring).
 
     ``new_images``/``old_images``: callables returning :class:`TrainingImages` of the new / old training set;
-    ``transform``: the benchmark's test transform. Files: ``root/<key>.pt``, key = sha256 of (old sha256,
-    split sha256, kind, transform).
+    ``transform``: the benchmark's test transform. Files: ``root/<kind>-<key>.pt``, key = sha256 of (old
+    sha256, split sha256, kind, transform), written by :func:`~bctbench.identity.save_deterministic`. A cached
+    file that cannot be read or does not hold the kind's tensors (:data:`ARTIFACT_KEYS`) is logged as a
+    warning, deleted and recomputed.
     """
 
     def __init__(
@@ -87,25 +102,49 @@ class ArtifactStore:
         if kind in self._memo:
             return self._memo[kind]
         path = self.root / f"{kind}-{self.key(kind)}.pt"
-        if path.is_file():
-            value = torch.load(path, map_location="cpu", weights_only=True)
-        else:
+        value = self._load(kind, path) if path.is_file() else None
+        if value is None:
             log.info("computing old-model artefact '%s' (cached at %s)", kind, path)
             value = getattr(self, f"_compute_{kind}")()
             self._save(value, path)
         self._memo[kind] = value
         return value
 
-    def _save(self, value: dict[str, torch.Tensor], path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
+    def _load(self, kind: str, path: Path) -> dict[str, torch.Tensor] | None:
+        """The cached artefact at ``path``, or None after deleting a file that cannot be read
+        (``torch.load(weights_only=True)``: never runs code) or does not hold artefact ``kind``."""
         try:
-            torch.save(value, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            value = torch.load(path, map_location="cpu", weights_only=True)
+            problem = self._problem(kind, value)
+        except Exception as err:  # truncated zip, garbage, refused pickle globals, I/O errors, ...
+            problem = f"unreadable: {type(err).__name__}: {' '.join(str(err).split())[:200]}"
+        if problem is None:
+            return value
+        log.warning("artefact cache: discarding %s (%s); recomputing", path, problem)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return None
+
+    def _problem(self, kind: str, value: object) -> str | None:
+        """Why ``value`` is not a valid artefact ``kind`` (None if it is): a dict of tensors with exactly the
+        keys of :data:`ARTIFACT_KEYS`, and embeddings of the old model's width."""
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            return f"expected a dict of tensors, got {type(value).__name__}"
+        keys = set(value)
+        if keys != ARTIFACT_KEYS[kind]:
+            missing, extra = sorted(ARTIFACT_KEYS[kind] - keys), sorted(keys - ARTIFACT_KEYS[kind])
+            return f"keys differ from '{kind}' (missing: {missing}, unexpected: {extra})"
+        not_tensors = sorted(k for k, v in value.items() if not isinstance(v, torch.Tensor))
+        if not_tensors:
+            return f"not tensors: {not_tensors}"
+        for k in _EMBEDDING_KEYS & keys:
+            t = value[k]
+            if t.ndim != 2 or t.shape[1] != self.old.embed_dim:
+                return f"'{k}' has shape {list(t.shape)}, expected [*, {self.old.embed_dim}]"
+        return None
+
+    def _save(self, value: dict[str, torch.Tensor], path: Path) -> None:
+        save_deterministic(value, path)  # atomic, normal permissions
 
     def embed_new_training_set(self, encoder) -> dict[str, torch.Tensor]:
         """Embed every image of the new training set with ``encoder`` (e.g. the current new model at a

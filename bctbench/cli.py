@@ -1,6 +1,9 @@
 """The ``bctbench`` console script. Subcommands are thin wrappers over :mod:`bctbench.pipeline`.
 
-User errors (:class:`bctbench.errors.BCTBenchError`) print one line ``error: ...`` and exit with status 2.
+User errors (:class:`bctbench.errors.BCTBenchError`) print one line ``error: ...`` and exit with status 2; so do
+bad values of the numeric options (``--seed``, ``--seeds``, ``--num-workers``, ``--num-nodes``, ``--devices``),
+which are checked after parsing. Output cut short by a closed pipe (``bctbench methods | head -1``) ends
+quietly with status 141.
 """
 
 from __future__ import annotations
@@ -35,10 +38,14 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
         help="method hyperparameter or runtime option (repeatable); protocol keys are rejected",
     )
     p.add_argument("--accelerator", default="auto", help="Lightning accelerator (cpu, gpu, auto)")
-    p.add_argument("--devices", default="auto", help="Lightning devices (e.g. 1, 4, auto)")
-    p.add_argument("--num-nodes", type=int, default=1)
+    p.add_argument(
+        "--devices", default="auto", help="Lightning devices: auto, a count (e.g. 4) or indices (e.g. 0,1)"
+    )
+    p.add_argument("--num-nodes", default="1", metavar="N", help="number of nodes (>= 1)")
     p.add_argument("--strategy", default="auto", help="Lightning strategy (auto, ddp, ...)")
-    p.add_argument("--num-workers", type=int, default=None, help="data loader workers (default: the spec's)")
+    p.add_argument(
+        "--num-workers", default=None, metavar="N", help="data loader workers, >= 0 (default: the spec's)"
+    )
     p.add_argument("--no-wandb", action="store_true", help="do not log to W&B")
     p.add_argument("--resume", action="store_true", help="resume the new model from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -61,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None)
     p.add_argument("--name", default="synth", help="folder under the data root (default: synth)")
     p.add_argument("--size", choices=("default", "tiny"), default="default")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", default="0", metavar="SEED", help="integer in [0, 2**32)")
     p.add_argument("--force", action="store_true", help="regenerate even if a valid copy exists")
 
     p = sub.add_parser("prepare-data", help="validate a benchmark's dataset and write its split files")
@@ -75,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--checkpoint", default=None, help="register this checkpoint for the seed instead of training"
     )
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the spec's seeds")
+    p.add_argument("--seeds", nargs="+", default=None, metavar="SEED", help="default: the spec's seeds")
     p.add_argument(
         "--pin",
         action="store_true",
@@ -87,14 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="train a method's new model, evaluate it, write its result")
     p.add_argument("--benchmark", "-b", required=True)
     p.add_argument("--method", "-m", required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", default="0", metavar="SEED", help="integer in [0, 2**32) (default: 0)")
     _add_reference(p)
     _add_roots(p)
     _add_runtime(p)
 
     p = sub.add_parser("run-all", help="run every registered method for several seeds, then the leaderboard")
     p.add_argument("--benchmark", "-b", required=True)
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the spec's seeds")
+    p.add_argument("--seeds", nargs="+", default=None, metavar="SEED", help="default: the spec's seeds")
     p.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
     _add_reference(p)
     _add_roots(p)
@@ -111,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--benchmark", "-b", required=True)
     p.add_argument("--methods", nargs="+", default=None, help="default: every method with a result")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="default: every seed with a result")
+    p.add_argument(
+        "--seeds", nargs="+", default=None, metavar="SEED", help="default: every seed with a result"
+    )
     _add_roots(p)
     _add_runtime(p)
 
@@ -347,6 +356,35 @@ COMMANDS = {
 }
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """Coerce and check the numeric options in place; a bad value is a one-line :class:`ConfigError`."""
+    from bctbench.config import check_runtime_option, parse_devices
+
+    if getattr(args, "seed", None) is not None:
+        args.seed = check_runtime_option("seed", args.seed, "--seed")
+    if getattr(args, "seeds", None) is not None:
+        seeds = [check_runtime_option("seed", s, "--seeds") for s in args.seeds]
+        dup = sorted({s for s in seeds if seeds.count(s) > 1})
+        if dup:
+            raise ConfigError(f"--seeds: seed {dup[0]} given twice")
+        args.seeds = seeds
+    if getattr(args, "num_workers", None) is not None:
+        args.num_workers = check_runtime_option("num_workers", args.num_workers, "--num-workers")
+    if getattr(args, "num_nodes", None) is not None:
+        args.num_nodes = check_runtime_option("num_nodes", args.num_nodes, "--num-nodes")
+    if getattr(args, "devices", None) is not None:
+        args.devices = parse_devices(args.devices, "--devices")
+
+
+def _silence_stdout() -> None:
+    """After a closed pipe: point stdout at /dev/null so that the interpreter's final flush stays quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (tests' StringIO)
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -355,11 +393,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:
-        return COMMANDS[args.command](args)
+        _check_args(args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit flush
+        return code
+    except BrokenPipeError:  # `bctbench methods | head -1`: the reader is gone; end quietly like `yes | head`
+        _silence_stdout()
+        return 141
     except BCTBenchError as exc:
         if args.verbose or os.environ.get("BCTBENCH_TRACEBACK"):
             raise
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk, a read-only or vanished path while writing: one line, exit 2
+        if args.verbose or os.environ.get("BCTBENCH_TRACEBACK"):
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -1,9 +1,10 @@
 """Image I/O shared by training and evaluation: RGB loading, an image-list dataset, transforms, a sampler.
 
-* :func:`load_rgb` always returns an RGB ``PIL.Image`` (grayscale, CMYK, palette and PNG bytes in a ``.jpg``
-  all work), optionally cropped to an ``(x1, y1, x2, y2)`` box before any transform. Truncated JPEGs are
-  tolerated as in revisitop (``PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True``, set when this module is
-  imported); files that still cannot be decoded raise a one-line :class:`~bctbench.errors.DataError`.
+* :func:`load_rgb` always returns an RGB ``PIL.Image`` (grayscale, 16-bit greyscale, CMYK, palette and PNG
+  bytes in a ``.jpg`` all work), optionally cropped to an ``(x1, y1, x2, y2)`` box before any transform.
+  Truncated JPEGs are tolerated as in revisitop (``PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True``, set when
+  this module is imported); files that still cannot be decoded raise a one-line
+  :class:`~bctbench.errors.DataError`.
 * :class:`ImageListDataset` yields ``{"images": float[3, H, W], "labels": int64, "old_labels": int64,
   "index": int64}`` samples. Use :class:`ImageLoader` (a ``DataLoader``) to batch it: a ``DataError`` raised
   while loading inside a worker process reaches the main process as the same one-line ``DataError``
@@ -62,6 +63,29 @@ def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
+# PIL's 16-bit (and 32-bit integer) greyscale modes: ``convert("RGB")`` clips them to 0..255, i.e. white
+_WIDE_GREY_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """A new, fully loaded RGB copy of ``im``.
+
+    16-bit greyscale (``I;16``/``I;16L``/``I;16B``/``I;16N``, and ``I`` whose values lie in 0..65535) is
+    scaled to 8 bits by ``value >> 8`` instead of PIL's clipping; an ``I`` image outside that range is
+    stretched linearly from its [min, max] to 0..255. Other modes (PIL already decodes 48/64-bit PNGs as
+    8-bit ``RGB``/``RGBA``) go through ``convert("RGB")``.
+    """
+    if im.mode not in _WIDE_GREY_MODES:
+        return im.convert("RGB")
+    grey = np.asarray(im).astype(np.int64)  # int64[H, W]
+    lo, hi = (int(grey.min()), int(grey.max())) if grey.size else (0, 0)
+    if lo >= 0 and hi <= 0xFFFF:
+        grey8 = (grey >> 8).astype(np.uint8)  # uint8[H, W]
+    else:  # 32-bit data: stretch its own range
+        grey8 = ((grey - lo) * 255 // max(hi - lo, 1)).astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(grey8)).convert("RGB")
+
+
 def load_rgb(path: str | os.PathLike, box: Sequence[float] | None = None) -> Image.Image:
     """Decode ``path`` as an RGB image, cropped to ``box = (x1, y1, x2, y2)`` (pixels, PIL ``crop``
     semantics: rounded, right/bottom exclusive) when given.
@@ -71,7 +95,7 @@ def load_rgb(path: str | os.PathLike, box: Sequence[float] | None = None) -> Ima
     """
     try:
         with Image.open(path) as im:
-            rgb = im.convert("RGB")  # always a new, fully loaded image
+            rgb = _to_rgb(im)  # always a new, fully loaded image
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
         raise DataError(f"{path}: cannot decode image ({type(err).__name__}: {_one_line(err)})") from err
     if box is None:

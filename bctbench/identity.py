@@ -50,10 +50,14 @@ def short(identity: str | None, n: int = 12) -> str:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync, rename); return it.
 
-    The file gets the usual permissions (``0666`` minus the umask), not ``mkstemp``'s ``0600``.
+    The file gets the usual permissions (``0666`` minus the umask), not ``mkstemp``'s ``0600``. Temporary files
+    of the same target left by a killed writer are removed first; on any error the temporary file is removed
+    and the previous target is untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed writer of the same file
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -64,6 +68,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
+    except OSError as exc:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None  # name the target
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

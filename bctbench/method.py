@@ -69,10 +69,6 @@ class MethodSetup:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-# Lightning checkpoints store the setup in their hyperparameters; allow it under torch.load(weights_only=True).
-torch.serialization.add_safe_globals([MethodSetup])
-
-
 @dataclass
 class ModelOutput:
     """One model's output on a batch: ``embedding[B, d]`` (raw), ``embedding_normed[B, d]``, ``logits[B, C]``."""
@@ -206,7 +202,9 @@ class CompatibilityMethod(pl.LightningModule):
             )
         # Collects the init arguments of the whole subclass chain (setup + keyword-only hyperparameters).
         self.save_hyperparameters(ignore=["setup"])
-        self.hparams["setup"] = setup
+        self.hparams["setup"] = dataclasses.asdict(
+            setup
+        )  # plain types: checkpoints load with weights_only=True
 
     # ----------------------------------------------------------------------------------------- hooks
     def compatibility_loss(
@@ -227,8 +225,10 @@ class CompatibilityMethod(pl.LightningModule):
         """One-off old-model passes before training (e.g. class means); the store caches by content hash."""
 
     def trainable_parameters(self) -> Iterable[nn.Parameter]:
-        """Parameters the optimiser updates (default: every parameter with ``requires_grad``)."""
-        return [p for p in self.parameters() if p.requires_grad]
+        """Parameters the optimiser updates (default: every parameter with ``requires_grad``, never the frozen
+        old model's, even if something switched its ``requires_grad`` on)."""
+        frozen = {id(p) for p in self.old.parameters()}
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in frozen]
 
     @classmethod
     def search_space(cls) -> dict[str, Any]:
@@ -301,9 +301,36 @@ class CompatibilityMethod(pl.LightningModule):
         return total
 
     def configure_optimizers(self):
-        return build_optimizer(
-            self.trainable_parameters(), self.method_setup.optimizer, self.method_setup.max_epochs
+        params = list(self.trainable_parameters())
+        frozen = {id(p) for p in self.old.parameters()}
+        if any(id(p) in frozen for p in params):
+            raise BCTBenchError(f"method '{self.name}': trainable_parameters() includes the frozen old model")
+        return build_optimizer(params, self.method_setup.optimizer, self.method_setup.max_epochs)
+
+    @classmethod
+    def load_from_checkpoint(
+        cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs
+    ):
+        """Lightning's loader, always with ``weights_only=True`` (no code runs from the file); the stored setup
+        (a plain dict) is turned back into a :class:`MethodSetup` for the method's ``__init__``."""
+        kwargs["weights_only"] = True
+        if "setup" not in kwargs:
+            payload = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+            setup = (
+                (payload.get("hyper_parameters") or {}).get("setup") if isinstance(payload, dict) else None
+            )
+            if isinstance(setup, Mapping):
+                kwargs["setup"] = MethodSetup.from_dict(setup)
+        return super().load_from_checkpoint(
+            checkpoint_path, map_location=map_location, hparams_file=hparams_file, strict=strict, **kwargs
         )
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Load a checkpoint's weights, except the frozen old model's: it keeps the weights it was built with
+        (verified against its pinned identity), whatever the checkpoint holds or lacks for it."""
+        own_old = {f"old.{k}": v for k, v in self.old.state_dict().items()}
+        state = {k: v for k, v in state_dict.items() if not k.startswith("old.")} | own_old
+        return super().load_state_dict(state, strict=strict, assign=assign)
 
     # ------------------------------------------------------------------------------------ helpers
     def gather_no_grad(self, tensor: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -111,6 +111,8 @@ class FrozenOldModel(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.model.training or any(m.training for m in self.model.modules()):
+            self.model.eval()  # whatever switched it to training: BN statistics must not move
         return self.model(images)
 
 

@@ -22,7 +22,13 @@ from typing import Any
 
 import torch
 
-from bctbench.config import BenchmarkSpec, load_benchmark, parse_set_options, split_overrides
+from bctbench.config import (
+    BenchmarkSpec,
+    load_benchmark,
+    method_annotations,
+    parse_set_options,
+    split_overrides,
+)
 from bctbench.errors import BCTBenchError, CheckpointError, ConfigError
 from bctbench.paths import resolve_cache_root, resolve_data_root, resolve_results_root
 
@@ -41,7 +47,7 @@ def _fit(trainer, module, datamodule, ckpt_path=None) -> None:
     with warnings.catch_warnings():
         for pattern in _QUIET_WARNINGS:
             warnings.filterwarnings("ignore", message=pattern)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
 
 @dataclass
@@ -557,6 +563,71 @@ def _resume_path(run_dir: Path, resume: bool) -> str | None:
     return None
 
 
+def _primary_process() -> bool:
+    """False in the extra processes a multi-GPU launcher starts (they re-run the pipeline up to training)."""
+    return all(int(os.environ.get(k, "0") or 0) == 0 for k in ("LOCAL_RANK", "NODE_RANK"))
+
+
+def partial_dir(run_dir: Path) -> Path:
+    """Where a run trains until it succeeds: ``<run dir>.partial`` (swapped into place by :func:`_commit`)."""
+    return run_dir.with_name(run_dir.name + ".partial")
+
+
+def _prepare_work(run_dir: Path, resume: bool, provenance: dict[str, Any]) -> tuple[Path, str | None]:
+    """The folder this run trains in and the checkpoint it resumes from.
+
+    A fresh run trains in an empty ``.partial`` folder (a stale one, left by a killed run, is removed), so a
+    failure never touches the previous good run's folder. ``--resume`` continues an interrupted ``.partial``
+    run, else a finished run (copied into ``.partial`` first); either checkpoint must carry this run's
+    provenance (:func:`bctbench.resume.check_resume`)."""
+    from bctbench.resume import check_resume, latest_checkpoint
+
+    work = partial_dir(run_dir)
+    if resume:
+        for folder in (work, run_dir):
+            last = latest_checkpoint(folder)
+            if last is not None:
+                check_resume(last, provenance)
+                if folder == run_dir and _primary_process():
+                    if work.exists():
+                        shutil.rmtree(work)
+                    shutil.copytree(run_dir, work)
+                return work, str(work / "checkpoints" / last.name)
+        log.warning("--resume: no checkpoint under %s or %s; training from scratch", work, run_dir)
+    if _primary_process():
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+    return work, None
+
+
+def _commit(work: Path, run_dir: Path) -> None:
+    """Swap a successful run's folder into place (the previous one is removed only after the swap)."""
+    backup = run_dir.with_name(run_dir.name + ".previous")
+    if backup.exists():
+        shutil.rmtree(backup)
+    if run_dir.exists():
+        os.replace(run_dir, backup)
+    os.replace(work, run_dir)
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def check_writable(*roots: Path) -> None:
+    """Refuse, before any work, a root that is a file or cannot be written (one line naming it)."""
+    import tempfile
+
+    for root in roots:
+        root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise ConfigError(f"{root}: exists and is not a folder")
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=root, prefix=".write-test-"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"{root}: cannot write there ({exc.strerror or exc})") from None
+
+
 def _callbacks(run_dir: Path, with_lr_monitor: bool) -> list:
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
@@ -648,8 +719,14 @@ def _build_method(ctx: RunContext, cls, method_kw: dict, dm, old_ref, old_backbo
     )
     try:
         return cls(setup, **method_kw)
-    except TypeError as exc:
-        raise ConfigError(f"method '{cls.name}': {exc}") from None
+    except BCTBenchError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a plugin's __init__ failing is the plugin's error, named
+        first = (str(exc).strip().splitlines() or [""])[0]
+        where = getattr(cls, "__module__", "?")
+        raise ConfigError(
+            f"method '{cls.name}' ({where}) failed to build: {type(exc).__name__}: {first}"
+        ) from None
 
 
 def run(
@@ -670,7 +747,9 @@ def run(
     runtime = runtime or Runtime()
     cls = get_method(method_name)  # unknown names fail here, before any work
     params = method_parameters(cls)
-    method_kw, runtime_kw = split_overrides(parse_set_options(overrides), params, cls.name)
+    method_kw, runtime_kw = split_overrides(
+        parse_set_options(overrides), params, cls.name, method_annotations(cls)
+    )
     if "seed" in runtime_kw:
         seed = int(runtime_kw.pop("seed"))
     runtime = runtime.apply(runtime_kw)
@@ -680,8 +759,10 @@ def run(
     timings: dict[str, float] = {}
 
     t0 = time.time()
+    check_writable(ctx.results_root, ctx.cache_root)
     ensure_dataset(ctx)
     dataset_sha256 = dataset_fingerprint(ctx)
+    eval_sets = load_eval_sets(ctx)  # every input is validated before training
     _cpu_threads(ctx, runtime)
     old_ref = ensure_old_model(ctx, runtime, seed=seed)  # seed k trains against old model k
     timings["old_model"] = time.time() - t0
@@ -700,7 +781,16 @@ def run(
     hparams = {k: v for k, v in model.hparams.items() if k != "setup"}
     digest = _hparams_digest(cls, hparams)
     run_dir = ctx.run_dir(cls.name, seed, digest)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    provenance = {
+        "method": cls.name,
+        "seed": seed,
+        "old_identity": old_ref.identity,
+        "benchmark_sha256": spec.sha256,
+        "dataset_sha256": dataset_sha256,
+        "split_sha256": split_sha256(ctx),
+        "hparams_digest": digest,
+    }
+    work, ckpt_path = _prepare_work(run_dir, runtime.resume, provenance)
     config = {
         "benchmark": spec.name,
         "benchmark_sha256": spec.sha256,
@@ -711,23 +801,26 @@ def run(
         "old_identity": old_ref.identity,
         "spec": spec.to_dict(),
     }
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2, default=str))
+    if _primary_process():
+        (work / "config.json").write_text(json.dumps(config, indent=2, default=str))
     logger = tracking.make_wandb_logger(
         cls.name, spec.name, seed, config, ctx.results_root.parent / "wandb-runs", enabled=runtime.wandb
     )
     if logger is None:
         from lightning.pytorch.loggers import CSVLogger
 
-        logger = CSVLogger(str(run_dir), name="logs")
+        logger = CSVLogger(str(work), name="logs")
+    from bctbench.resume import ResumeState
+
+    resume_state = ResumeState(provenance)
     trainer = _trainer(
         ctx,
         runtime,
         max_epochs=spec.training.epochs,
-        default_root_dir=run_dir,
+        default_root_dir=work,
         logger=logger,
-        callbacks=_callbacks(run_dir, with_lr_monitor=True),
+        callbacks=[*_callbacks(work, with_lr_monitor=True), resume_state],
     )
-    ckpt_path = _resume_path(run_dir, runtime.resume)
     t0 = time.time()
     _fit(trainer, model, dm, ckpt_path)
     timings["fit"] = time.time() - t0
@@ -737,7 +830,7 @@ def run(
         return None
     t0 = time.time()
     encoders = model.encoders()
-    report = evaluate_method(ctx, runtime, model, encoders)
+    report = evaluate_method(ctx, runtime, model, encoders, eval_sets=eval_sets)
     timings["evaluate"] = time.time() - t0
     _check_dataset_unchanged(ctx, dataset_sha256)
 
@@ -761,8 +854,10 @@ def run(
         eval_variants={**_eval_variants(spec, dataset_sha256), "encoders": _identities(encoders)},
         wandb_run=getattr(logger, "version", None) if logger.__class__.__name__ == "WandbLogger" else None,
         timings=timings,
+        resumed=ckpt_path is not None,
     )
     path = write_result(result, ctx.results_root)
+    _commit(work, run_dir)
     log.info("result written: %s", path)
     if logger.__class__.__name__ == "WandbLogger":
         tracking.log_run_result(result, path, save_dir=ctx.results_root.parent / "wandb-runs")
@@ -1028,11 +1123,12 @@ def run_all(
     return failed
 
 
-def evaluate_method(ctx: RunContext, runtime: Runtime, model, encoders=None):
+def evaluate_method(ctx: RunContext, runtime: Runtime, model, encoders=None, eval_sets: list | None = None):
     """Evaluate a method's encoders (``model.encoders()`` unless given) with the benchmark's evaluator and the
-    backfill orders the method declares (``backfill_orders()``, e.g. Hot-refresh's uncertainty order)."""
+    backfill orders the method declares (``backfill_orders()``, e.g. Hot-refresh's uncertainty order);
+    ``eval_sets``: already loaded (and so validated) eval sets, else loaded here."""
     orders = model.backfill_orders() if hasattr(model, "backfill_orders") else None
-    return build_evaluator(ctx, runtime).evaluate(
+    return build_evaluator(ctx, runtime, eval_sets=eval_sets).evaluate(
         model.encoders() if encoders is None else encoders, backfill_orders=orders
     )
 
@@ -1045,12 +1141,33 @@ def evaluate_checkpoint(ctx: RunContext, checkpoint: str, runtime: Runtime | Non
     path = Path(checkpoint)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    hparams = payload.get("hyper_parameters", {})
-    name = payload.get("hyper_parameters", {}).get("method_name") or _method_from_path(path)
+    payload = _load_method_checkpoint(path)
+    hparams = payload.get("hyper_parameters") or {}
+    saved = payload.get("bctbench") if isinstance(payload.get("bctbench"), dict) else {}
+    name = saved.get("method") or hparams.get("method_name") or _method_from_path(path)
     cls = get_method(name)
-    model = cls.load_from_checkpoint(path, map_location="cpu")
-    return evaluate_method(ctx, runtime, model) if hparams is not None else None
+    try:
+        model = cls.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    except BCTBenchError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a checkpoint that does not fit the method
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise CheckpointError(
+            f"{path}: cannot load as method '{name}' ({type(exc).__name__}: {first})"
+        ) from None
+    return evaluate_method(ctx, runtime, model)
+
+
+def _load_method_checkpoint(path: Path) -> dict:
+    """A Lightning checkpoint read with ``weights_only=True`` (no code runs from it); one-line errors."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure (or a refused payload) is a bad checkpoint
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {first})") from None
+    if not isinstance(payload, dict) or "state_dict" not in payload:
+        raise CheckpointError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
+    return payload
 
 
 def reevaluate(
@@ -1107,7 +1224,8 @@ def reevaluate(
             f"{path}: trained against old model {previous.old_identity}, the benchmark's is {old_ref.identity}"
         )
     _cpu_threads(ctx, runtime)
-    model = cls.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False)
+    _load_method_checkpoint(ckpt)  # refuses a file that would run code or is not a checkpoint
+    model = cls.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
     model.eval()
     t0 = time.time()
     encoders = model.encoders()

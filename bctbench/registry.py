@@ -7,8 +7,9 @@ Resolution order of :func:`get_method` (architecture §3):
 3. entry point ``<name>`` in the group ``bctbench.methods`` (third-party packages), loaded alone;
 4. an import string ``pkg.module:Class``.
 
-Unknown names raise :class:`UnknownMethodError` listing :func:`list_methods`. A broken third-party plugin only
-warns when listing.
+Unknown names raise :class:`UnknownMethodError` listing :func:`list_methods`. A plugin whose import raises (any
+exception, SyntaxError included) is a one-line :class:`BCTBenchError` naming the plugin, its module and the
+exception when asked for by name, and only a warning when listing.
 """
 
 from __future__ import annotations
@@ -55,6 +56,11 @@ def register_method(name: str | None = None):
     return decorator
 
 
+def registered_method(name: str) -> type | None:
+    """The class registered under ``name``, or None (imports nothing)."""
+    return _REGISTRY.get(name)
+
+
 def unregister_method(name: str) -> None:
     """Remove ``name`` from the registry (tests and interactive use)."""
     _REGISTRY.pop(name, None)
@@ -82,12 +88,45 @@ def _unknown(name: str, reason: str = "") -> UnknownMethodError:
     return UnknownMethodError(f"unknown method '{name}'{extra}; available methods: {valid}")
 
 
+def _describe(exc: BaseException) -> str:
+    """``Type: first line of the message`` of an exception (one line)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0].strip()}" if lines else type(exc).__name__
+
+
+def _load_failed(name: str, origin: str, exc: BaseException) -> BCTBenchError:
+    return BCTBenchError(f"method plugin '{name}' ({origin}) failed to load: {_describe(exc)}")
+
+
+def _is_missing_module(exc: BaseException, module_name: str) -> bool:
+    """True when ``exc`` says that ``module_name`` itself (or a parent package) does not exist, as opposed to an
+    import inside it failing."""
+    missing = getattr(exc, "name", None)
+    return (
+        isinstance(exc, ModuleNotFoundError)
+        and bool(missing)
+        and (module_name == missing or module_name.startswith(f"{missing}."))
+    )
+
+
+def _import_plugin_module(name: str, module_name: str, origin: str):
+    """Import a plugin's module; whatever its import raises becomes one line naming the plugin."""
+    try:
+        return importlib.import_module(module_name)
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - a broken plugin is a user error, not a crash
+        raise _load_failed(name, origin, exc) from None
+
+
 def _load_import_string(target: str) -> type:
     module_name, _, attr = target.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
+        if not _is_missing_module(exc, module_name):
+            raise _load_failed(target, f"module {module_name}", exc) from None
         raise _unknown(target, f"cannot import module '{module_name}': {exc}") from None
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - SyntaxError or any error raised at import
+        raise _load_failed(target, f"module {module_name}", exc) from None
     obj = module
     for part in attr.split("."):
         obj = getattr(obj, part, None)
@@ -117,16 +156,17 @@ def get_method(name: str) -> type:
     if not _NAME_RE.match(name):
         raise _unknown(name)
     if name in builtin_method_names():
-        importlib.import_module(f"methods.{name}")
+        _import_plugin_module(name, f"methods.{name}", f"module methods.{name}")
         if name not in _REGISTRY:
             raise BCTBenchError(f"methods/{name}.py does not register a method named '{name}'")
         return _REGISTRY[name]
     for ep in _entry_points():
         if ep.name == name:
+            module_name = getattr(ep, "module", None) or ep.value.partition(":")[0]
             try:
                 cls = ep.load()
-            except Exception as exc:  # a broken plugin: loud when asked for by name
-                raise BCTBenchError(f"entry point '{name}' ({ep.value}) failed to load: {exc}") from None
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - a broken plugin: loud when asked for by name
+                raise _load_failed(name, f"entry point {ep.value}, module {module_name}", exc) from None
             return _checked(cls, f"entry point '{name}' ({ep.value})")
     raise _unknown(name)
 

@@ -114,6 +114,7 @@ class RunResult:
     eval_variants: dict[str, Any] = field(default_factory=dict)
     wandb_run: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    resumed: bool = False
     created_at: str = field(default_factory=_now_iso)
     schema_version: int = SCHEMA_VERSION
     #: the file this result was read from (not serialised)
@@ -190,6 +191,7 @@ class RunResult:
             "eval_variants": (dict, False),
             "wandb_run": (str, True),
             "timings": (dict, False),
+            "resumed": (bool, False),
             "created_at": (str, False),
         }
         for key, (types, nullable) in typed.items():

@@ -42,6 +42,7 @@ from bctbench.data import (
     build_test_transform,
     build_train_transform,
 )
+from bctbench.epoch_order import EpochSeededDataset, EpochShuffleSampler
 from bctbench.errors import ConfigError, DataError
 from bctbench.evaluation.evalsets import GLDv2EvalSet
 from datamodules.splits import (
@@ -732,4 +733,6 @@ class GLDv2DataModule(L.LightningDataModule):
                 rank=rank,
             )
             return ImageLoader(self.train_dataset, sampler=sampler, **common)
-        return ImageLoader(self.train_dataset, shuffle=True, **common)
+        # order and augmentation from (seed, epoch, index): an interrupted run resumes exactly
+        ordered = EpochSeededDataset(self.train_dataset, self.seed)
+        return ImageLoader(ordered, sampler=EpochShuffleSampler(len(ordered), self.seed), **common)

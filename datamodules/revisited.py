@@ -10,10 +10,16 @@ not in the database) and ``gnd`` (one dict per query: ``bbx`` = [x1, y1, x2, y2]
 0-based indices into ``imlist``). Images are ``jpg/<name>.jpg``. Queries are cropped to ``bbx`` before any
 transform (``query_crop=True``, the revisited protocol); ``query_crop=False`` is the ``advbct_compat`` variant
 (whole query image).
+
+The pickle is read by a restricted unpickler (:class:`GndUnpickler`): plain containers, numbers, strings and
+NumPy arrays/scalars only, so a crafted file cannot run code (a ``__reduce__`` payload naming ``os.system``,
+``builtins.eval``, ``subprocess.call`` or any other callable is refused with a one-line :class:`DataError`).
 """
 
 from __future__ import annotations
 
+import _codecs
+import functools
 import math
 import os
 import pickle
@@ -27,8 +33,60 @@ from bctbench.evaluation.evalsets import RevisitedEvalSet
 GND_KEYS = ("imlist", "qimlist", "gnd")
 QUERY_KEYS = ("bbx", "easy", "hard", "junk")
 _MAX_LISTED = 5
+_MAX_NAME = 120
 
-__all__ = ["find_revisited", "load_revisited_eval_set", "read_gnd"]
+__all__ = ["GndUnpickler", "find_revisited", "load_revisited_eval_set", "read_gnd"]
+
+
+class RefusedGlobal(pickle.UnpicklingError):
+    """A pickle names a global (class or function) that :class:`GndUnpickler` does not admit."""
+
+    def __init__(self, module: str, name: str) -> None:
+        # the names come from the file: keep them on one line and short
+        module, name = (" ".join(str(v).split())[:_MAX_NAME] for v in (module, name))
+        super().__init__(f"refused to unpickle {module}.{name}")
+        self.module, self.name = module, name
+
+
+def _latin1_encode(text: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles use it for ``bytes`` (NumPy array buffers): latin-1 only."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1") or errors != "strict":
+        raise RefusedGlobal("_codecs", f"encode with encoding {encoding!r}")
+    return _codecs.encode(text, encoding, errors)
+
+
+@functools.cache
+def _allowed_globals() -> dict[tuple[str, str], Any]:
+    """The globals NumPy's pickles of arrays, dtypes and scalars reference (NumPy 1.x ``numpy.core`` and
+    NumPy 2.x ``numpy._core`` names; both resolve to the installed NumPy's functions)."""
+    import numpy as np
+
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # NumPy 1.x
+        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
+    allowed: dict[tuple[str, str], Any] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _latin1_encode,  # protocol 2: bytes as _codecs.encode(str, "latin1")
+    }
+    for pkg in ("numpy.core", "numpy._core"):
+        allowed[(f"{pkg}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        allowed[(f"{pkg}.multiarray", "scalar")] = multiarray.scalar
+        allowed[(f"{pkg}.numeric", "_frombuffer")] = numeric._frombuffer  # protocol 5 (in-band buffers)
+    return allowed
+
+
+class GndUnpickler(pickle.Unpickler):
+    """Unpickler for revisitop ``gnd_*.pkl`` files: builtin containers/scalars (dict, list, tuple, str, int,
+    float, bool, None) and NumPy arrays/dtypes/scalars; every other global raises :class:`RefusedGlobal`
+    before anything is imported or called. Persistent ids are refused too (``Unpickler``'s default)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        obj = _allowed_globals().get((module, name))
+        if obj is None:
+            raise RefusedGlobal(module, name)
+        return obj
 
 
 def find_revisited(root: str | os.PathLike, name: str) -> tuple[Path, Path]:
@@ -93,14 +151,20 @@ def read_gnd(pkl: str | os.PathLike) -> tuple[list[str], list[str], list[dict[st
 
     ``gnd[i]`` = ``{"bbx": (x1, y1, x2, y2), "easy": [...], "hard": [...], "junk": [...]}`` with int indices
     into ``imlist``. Errors name the file, the query number and the key (missing key, index out of range,
-    overlapping easy/hard/junk, bad box).
+    overlapping easy/hard/junk, bad box). The file is read with :class:`GndUnpickler` (no code runs; a
+    refused global is a one-line ``DataError``).
     """
     pkl = Path(pkl)
     try:
         with open(pkl, "rb") as f:
-            data = pickle.load(f)
+            data = GndUnpickler(f).load()
     except FileNotFoundError as err:
         raise DataError(f"{pkl}: file not found") from err
+    except RefusedGlobal as err:
+        raise DataError(
+            f"{pkl}: refused to unpickle {err.module}.{err.name} "
+            "(only plain containers, numbers, strings and NumPy arrays are allowed)"
+        ) from err
     except Exception as err:  # unpickling raises many types (UnpicklingError, EOFError, ValueError, ...)
         raise DataError(
             f"{pkl}: cannot unpickle ({type(err).__name__}: {' '.join(str(err).split())})"

@@ -84,7 +84,8 @@ def test_entry_points_and_broken_plugin_only_warns(monkeypatch):
     try:
         assert {"ep_good", "ep_broken"} <= set(registry.list_methods())
         assert registry.get_method("ep_good") is good
-        with pytest.raises(BCTBenchError, match="failed to load: boom"):
+        expected = r"'ep_broken' \(entry point pkg:Broken, module pkg\) failed to load: ImportError: boom"
+        with pytest.raises(BCTBenchError, match=expected):
             registry.get_method("ep_broken")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

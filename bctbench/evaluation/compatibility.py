@@ -133,7 +133,7 @@ class CompatibilityEvaluator:
         else:
             paths, boxes = eval_set.gallery_paths, None
         key = feature_key(encoder.identity, eval_set.name, part, self.variant, self.transform, paths, boxes)
-        if self.cache is not None and (hit := self.cache.get(key)) is not None and hit.shape[0] == len(paths):
+        if self.cache is not None and (hit := self.cache.get(key, rows=len(paths))) is not None:
             return hit
         feats = extract_features(
             encoder,

@@ -8,13 +8,16 @@ images are sharded across ranks and the features gathered, so every rank returns
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -22,6 +25,8 @@ import torch.distributed as dist
 
 from bctbench.data import ImageListDataset, ImageLoader
 from bctbench.errors import EvaluationError
+
+log = logging.getLogger(__name__)
 
 
 def _dist_info() -> tuple[int, int]:
@@ -50,7 +55,15 @@ def feature_key(
 
 
 class FeatureCache:
-    """``.npy`` files under ``root``, written atomically. ``get`` returns None on a miss."""
+    """Feature arrays under ``root``: ``<key>.npy`` plus a ``<key>.json`` integrity record (``shape``,
+    ``dtype``, ``sha256`` of the array's C-order bytes; no paths). Both files are written atomically with
+    normal permissions.
+
+    ``get`` returns None on a miss. An entry that cannot be read, lacks its record, or does not match it (a
+    truncated, damaged, replaced or reordered array) or the caller's expected ``rows``/``dim`` is logged as a
+    warning naming the file, deleted and reported as a miss, so the caller recomputes it. Loading never
+    unpickles (``allow_pickle=False``).
+    """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -58,25 +71,96 @@ class FeatureCache:
     def path(self, key: str) -> Path:
         return self.root / f"{key}.npy"
 
-    def get(self, key: str) -> np.ndarray | None:
-        path = self.path(key)
+    def meta_path(self, key: str) -> Path:
+        return self.root / f"{key}.json"
+
+    @staticmethod
+    def _digest(array: np.ndarray) -> str:
+        return hashlib.sha256(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data).hexdigest()
+
+    def _discard(self, key: str, reason: str) -> None:
+        log.warning("feature cache: discarding %s (%s); recomputing", self.path(key), reason)
+        for p in (self.path(key), self.meta_path(key)):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+    def get(self, key: str, rows: int | None = None, dim: int | None = None) -> np.ndarray | None:
+        """The cached ``[rows, dim]`` array of ``key``, or None (missing, or invalid and now deleted).
+
+        ``rows``/``dim``: the shape the caller expects (None: not checked).
+        """
+        path, meta_path = self.path(key), self.meta_path(key)
         if not path.is_file():
+            if meta_path.is_file():  # a record without its array (interrupted write)
+                with contextlib.suppress(FileNotFoundError):
+                    meta_path.unlink()
             return None
         try:
-            return np.load(path)
-        except (OSError, ValueError):
-            return None  # a damaged cache entry is recomputed
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            shape, dtype, digest = tuple(meta["shape"]), str(meta["dtype"]), str(meta["sha256"])
+        except FileNotFoundError:
+            self._discard(key, f"no integrity record {meta_path.name}")
+            return None
+        except Exception as err:  # unreadable/invalid JSON, missing or malformed fields
+            self._discard(key, f"unreadable integrity record {meta_path.name}: {type(err).__name__}")
+            return None
+        try:
+            array = np.load(path, allow_pickle=False)
+        except Exception as err:  # truncated, garbage, pickled object arrays, I/O errors, ...
+            self._discard(key, f"unreadable: {type(err).__name__}: {' '.join(str(err).split())[:200]}")
+            return None
+        if not isinstance(array, np.ndarray):
+            self._discard(key, "not a single array")
+            return None
+        if array.shape != shape or array.dtype.str != dtype:
+            self._discard(
+                key, f"array is {array.dtype.str}{list(array.shape)}, its record says {dtype}{list(shape)}"
+            )
+            return None
+        if self._digest(array) != digest:
+            self._discard(key, "sha256 of the array does not match its record (damaged or modified)")
+            return None
+        if (rows is not None and (array.ndim < 1 or array.shape[0] != rows)) or (
+            dim is not None and (array.ndim != 2 or array.shape[1] != dim)
+        ):
+            want = f"[{'*' if rows is None else rows}, {'*' if dim is None else dim}]"
+            self._discard(key, f"shape {list(array.shape)}, expected {want}")
+            return None
+        return array
 
     def put(self, key: str, features: np.ndarray) -> None:
+        """Store ``features`` (``[N, D]``) under ``key``: the array first, then its integrity record."""
+        features = np.ascontiguousarray(features)
+        meta = {"shape": list(features.shape), "dtype": features.dtype.str, "sha256": self._digest(features)}
         self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".npy.tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.save(fh, features)
-            os.replace(tmp, self.path(key))
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        _atomic_write(self.path(key), lambda fh: np.save(fh, features, allow_pickle=False))
+        blob = (json.dumps(meta, sort_keys=True) + "\n").encode()
+        _atomic_write(self.meta_path(key), lambda fh: fh.write(blob))
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write ``path`` through ``write(file)`` atomically (temporary file in the same folder, fsync, rename),
+    with the usual permissions (``0666`` minus the umask), not ``mkstemp``'s ``0600``."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed writer of the same file
+        stale.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None  # name the target
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 @torch.no_grad()
