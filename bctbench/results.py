@@ -282,6 +282,7 @@ def _nan_to_none(obj: Any) -> Any:
 
 # ---------------------------------------------------------------------- provenance
 def _git_info(cwd: str | os.PathLike | None = None) -> dict[str, Any]:
+    """``{"sha", "dirty"}`` of the checkout holding the code; changes under ``results/`` do not count."""
     cwd = cwd or Path(__file__).resolve().parent
 
     def git(*args: str) -> str:
@@ -293,7 +294,11 @@ def _git_info(cwd: str | os.PathLike | None = None) -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         return {"sha": None, "dirty": None}
     try:
-        dirty: bool | None = bool(git("status", "--porcelain", "--untracked-files=no"))
+        # result files are outputs, not code: writing them must not make the next run of a queue "dirty"
+        top = git("rev-parse", "--show-toplevel")
+        dirty: bool | None = bool(
+            git("-C", top, "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
+        )
     except (OSError, subprocess.SubprocessError):
         dirty = None
     return {"sha": sha, "dirty": dirty}

@@ -54,3 +54,24 @@ def test_cold_and_warm_caches_give_bit_identical_results(tmp_path: Path) -> None
         assert other.metrics == cold.metrics
         assert other.per_query == cold.per_query
         assert other.eval_variants["encoders"] == cold.eval_variants["encoders"]
+
+
+def test_result_files_do_not_make_the_tree_dirty(tmp_path: Path) -> None:
+    import subprocess
+
+    from bctbench.results import _git_info
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "results" / "reference").mkdir(parents=True)
+    (tmp_path / "results" / "reference" / "r.json").write_text("{}\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    assert _git_info(tmp_path)["dirty"] is False
+    (tmp_path / "results" / "reference" / "r.json").write_text('{"new": 1}\n')  # a queue writing results
+    assert _git_info(tmp_path)["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert _git_info(tmp_path)["dirty"] is True
