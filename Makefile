@@ -28,8 +28,8 @@ venv: $(STAMP) ## create .venv and install bctbench with dev extras
 bench: $(STAMP) ## train (old model cached), evaluate METHOD on BENCH with SEED, print the leaderboard
 	$(BIN)/bctbench run --benchmark $(BENCH) --method $(METHOD) --seed $(SEED) $(ARGS)
 
-bench-all: $(STAMP) ## every registered method x SEEDS on BENCH, then the leaderboard
-	$(BIN)/bctbench run-all --benchmark $(BENCH) --seeds $(SEEDS) $(ARGS)
+bench-all: $(STAMP) ## every registered method x SEEDS on BENCH, JOBS at a time (default: auto), then the leaderboard
+	$(BIN)/bctbench run-all --benchmark $(BENCH) --seeds $(SEEDS) $(if $(JOBS),--jobs $(JOBS)) $(ARGS)
 
 reference: $(STAMP) ## maintainers: every method x SEEDS into results/reference (clean git tree only)
 	$(BIN)/bctbench run-all --reference --benchmark $(BENCH) --seeds $(SEEDS) $(ARGS)

@@ -99,10 +99,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_roots(p)
     _add_runtime(p)
 
-    p = sub.add_parser("run-all", help="run every registered method for several seeds, then the leaderboard")
+    p = sub.add_parser(
+        "run-all",
+        help="run every registered method for several seeds (parallel subprocess jobs), then the leaderboard",
+    )
     p.add_argument("--benchmark", "-b", required=True)
     p.add_argument("--seeds", nargs="+", default=None, metavar="SEED", help="default: the spec's seeds")
     p.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
+    p.add_argument(
+        "--jobs",
+        "-j",
+        default=None,
+        metavar="N",
+        help="runs at a time, each its own `bctbench run` process (default: auto = one per GPU, else one per "
+        "CPU core, at most the number of runs); logs in <cache root>/queue/<benchmark>/",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="rerun runs whose result already exists with the same spec, old model and dataset",
+    )
     _add_reference(p)
     _add_roots(p)
     _add_runtime(p)
@@ -261,17 +277,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_run_all(args: argparse.Namespace) -> int:
     from bctbench import pipeline
+    from bctbench.run_queue import QueueInterrupted, check_jobs, run_queue
 
+    jobs = check_jobs(args.jobs, "--jobs")
     ctx = pipeline.RunContext.create(
         args.benchmark, args.data_root, args.cache_root, args.results_root, reference=args.reference
     )
-    failed = pipeline.run_all(
-        ctx,
-        methods=args.methods,
-        seeds=args.seeds,
-        overrides=args.overrides,
-        runtime=_runtime_from_args(args),
-    )
+    try:  # always the queue (also for --jobs 1): finished runs are skipped, interrupted ones resumed
+        failed = run_queue(
+            ctx,
+            methods=args.methods,
+            seeds=args.seeds,
+            overrides=args.overrides,
+            runtime=_runtime_from_args(args),
+            jobs=jobs,
+            force=args.force,
+        )
+    except QueueInterrupted as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 130
     print(pipeline.render_leaderboard(ctx))
     if failed:
         print("error: failed runs: " + ", ".join(failed), file=sys.stderr)

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+RRC_SCALE = (0.5, 1.0)  # area fraction of the random resized crop (PIL and tensor paths alike)
 
 Box = tuple[float, float, float, float]
 
@@ -271,11 +272,90 @@ class ImageListDataset(Dataset):
 
 def collate_batch(samples: list[Any]) -> dict[str, torch.Tensor] | LoadFailure:
     """``default_collate`` of :class:`ImageListDataset` items: ``images float[B, 3, H, W]``, ``labels``,
-    ``old_labels``, ``index`` ``int64[B]``. Returns the first :class:`LoadFailure` if any sample failed."""
+    ``old_labels``, ``index`` ``int64[B]``. Returns the first :class:`LoadFailure` if any sample failed.
+    ``uint8`` images of different sizes (tensor augmentation, :func:`augment_batch`) are zero-padded at the
+    bottom/right to the largest height and width of the batch; their crop boxes stay valid."""
     for s in samples:
         if isinstance(s, LoadFailure):
             return s
+    images = [s["images"] for s in samples]
+    if images[0].dtype == torch.uint8 and len({tuple(im.shape) for im in images}) > 1:
+        h, w = max(im.shape[1] for im in images), max(im.shape[2] for im in images)
+        padded = torch.zeros(len(images), 3, h, w, dtype=torch.uint8)
+        for k, im in enumerate(images):
+            padded[k, :, : im.shape[1], : im.shape[2]] = im
+        rest = default_collate([{k: v for k, v in s.items() if k != "images"} for s in samples])
+        return {"images": padded, **rest}
     return default_collate(samples)
+
+
+def pil_to_uint8(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> ``uint8[3, H, W]`` (no scaling: the tensor augmentation works on raw pixels)."""
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
+def rrc_box(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    scale: tuple[float, float] = (0.5, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[float, float, float, float]:
+    """A random-resized-crop box ``(x0, y0, x1, y1)`` in pixels of a ``height x width`` image, drawn like
+    torchvision's ``RandomResizedCrop.get_params`` (area fraction in ``scale``, log-uniform aspect ratio in
+    ``ratio``, ten tries, then the central crop of the clamped ratio) from ``rng``."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            y0 = int(rng.integers(0, height - h + 1))
+            x0 = int(rng.integers(0, width - w + 1))
+            return float(x0), float(y0), float(x0 + w), float(y0 + h)
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    y0, x0 = (height - h) // 2, (width - w) // 2
+    return float(x0), float(y0), float(x0 + w), float(y0 + h)
+
+
+def augment_batch(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: int) -> torch.Tensor:
+    """Random resized crop + horizontal flip + ImageNet normalisation of a whole batch in one call.
+
+    Args:
+        images: ``uint8[B, 3, H, W]`` raw pixels (any device; zero padding beyond each image is never sampled).
+        boxes: ``float[B, 4]`` crop boxes ``(x0, y0, x1, y1)`` in pixels, edges inclusive of the box
+            (:func:`rrc_box`).
+        flips: ``bool[B]``, mirror the crop horizontally.
+        size: output side.
+
+    Returns ``float32[B, 3, size, size]``: each box resampled bilinearly to ``size x size`` (one affine
+    ``grid_sample`` for the batch; the flip is a negative x scale), scaled to [0, 1] and normalised.
+    """
+    import torch.nn.functional as F
+
+    x = images.float()
+    b, _, h, w = x.shape
+    boxes = boxes.to(device=x.device, dtype=x.dtype)
+    x0, y0, x1, y1 = boxes.unbind(1)
+    sign = 1.0 - 2.0 * flips.to(device=x.device, dtype=x.dtype)  # -1 mirrors the crop
+    theta = torch.zeros(b, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0] = sign * (x1 - x0) / w  # output [-1, 1] -> the box's edges in input coordinates
+    theta[:, 0, 2] = (x0 + x1) / w - 1.0
+    theta[:, 1, 1] = (y1 - y0) / h
+    theta[:, 1, 2] = (y0 + y1) / h - 1.0
+    grid = F.affine_grid(theta, [b, 3, size, size], align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    mean = torch.tensor(IMAGENET_MEAN, device=out.device, dtype=out.dtype).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(IMAGENET_STD, device=out.device, dtype=out.dtype).view(1, 3, 1, 1) * 255.0
+    return (out - mean) / std
 
 
 class ImageLoader(DataLoader):
@@ -305,7 +385,7 @@ def build_train_transform(image_size: int) -> T.Compose:
     normalisation. PIL RGB image -> ``float[3, image_size, image_size]``."""
     return T.Compose(
         [
-            T.RandomResizedCrop(image_size, scale=(0.5, 1.0)),
+            T.RandomResizedCrop(image_size, scale=RRC_SCALE),
             T.RandomHorizontalFlip(),
             T.ToTensor(),
             T.Normalize(IMAGENET_MEAN, IMAGENET_STD),

@@ -6,7 +6,9 @@ batches an uninterrupted one would.
   before every epoch (including the first one after a resume); without it the sampler counts epochs itself.
 * :class:`EpochSeededDataset` decodes a key into ``(epoch, i)`` and runs item ``i`` of the wrapped dataset
   with torch's random state seeded from ``(seed, epoch, i)`` (restored afterwards), so random augmentation
-  depends on nothing else: not on data-loader workers, their start order, or anything drawn before.
+  depends on nothing else: not on data-loader workers, their start order, or anything drawn before. With
+  ``crop_scale`` it instead draws the item's random-resized-crop box and flip from ``(seed, epoch, i)``
+  (``crop_box``, ``flip``), which :func:`bctbench.data.augment_batch` applies to the whole batch at once.
 """
 
 from __future__ import annotations
@@ -62,9 +64,10 @@ class EpochSeededDataset(Dataset):
     :class:`~bctbench.data.ImageListDataset` hands load errors back to the main process as usual.
     """
 
-    def __init__(self, dataset: Dataset, seed: int) -> None:
+    def __init__(self, dataset: Dataset, seed: int, crop_scale: tuple[float, float] | None = None) -> None:
         self.dataset = dataset
         self.seed = int(seed)
+        self.crop_scale = crop_scale
         self.n = len(dataset)  # type: ignore[arg-type]
         if hasattr(dataset, "defer_errors"):
             dataset.defer_errors = True
@@ -73,12 +76,24 @@ class EpochSeededDataset(Dataset):
         return self.n
 
     def __getattr__(self, name: str) -> Any:
-        if name in ("dataset", "seed", "n"):  # not set yet (unpickling in a worker)
+        if name in ("dataset", "seed", "n", "crop_scale"):  # not set yet (unpickling in a worker)
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
     def __getitem__(self, key: int) -> Any:
         epoch, i = divmod(int(key), self.n)
+        if self.crop_scale is not None:  # tensor augmentation: draw the crop box and flip, apply them batched
+            item = self.dataset[i]
+            if isinstance(item, dict):
+                from bctbench.data import rrc_box
+
+                rng = np.random.default_rng(sample_seed(self.seed, epoch, i))
+                h, w = item["images"].shape[-2:]
+                item["crop_box"] = torch.tensor(
+                    rrc_box(rng, int(h), int(w), self.crop_scale), dtype=torch.float32
+                )
+                item["flip"] = torch.tensor(bool(rng.random() < 0.5))
+            return item
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(sample_seed(self.seed, epoch, i))
             return self.dataset[i]

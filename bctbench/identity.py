@@ -19,7 +19,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["atomic_write_bytes", "module_identity", "save_deterministic", "short", "state_identity"]
+__all__ = [
+    "atomic_write_bytes",
+    "module_identity",
+    "remove_stale_temps",
+    "save_deterministic",
+    "short",
+    "state_identity",
+    "temp_prefix",
+]
 
 
 def state_identity(state: Mapping[str, torch.Tensor]) -> str:
@@ -47,6 +55,34 @@ def short(identity: str | None, n: int = 12) -> str:
     return identity[:n] if identity else "–"
 
 
+def temp_prefix(path: Path) -> str:
+    """Prefix of this process's temporary files for ``path``: ``.<name>.<pid>-`` (the pid tells a live writer
+    from a killed one)."""
+    return f".{path.name}.{os.getpid()}-"
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Remove temporary files of ``path`` left by writers that no longer run (killed mid-write); files of a
+    live writer — another process writing the same target right now — are left alone."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = stale.name[len(path.name) + 2 :].split("-", 1)[0]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        stale.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # an earlier, failed write of this very process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync, rename); return it.
 
@@ -56,9 +92,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed writer of the same file
-        stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

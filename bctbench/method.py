@@ -262,6 +262,12 @@ class CompatibilityMethod(pl.LightningModule):
         self.old.eval()  # frozen: BN statistics never update
         return self
 
+    def on_fit_start(self) -> None:
+        # channels-last convolutions are 1.3-2x faster on CPUs with oneDNN and on GPUs; the weights' values (and
+        # so every identity, computed on contiguous copies) do not change
+        self.new.to(memory_format=torch.channels_last)
+        self.old.to(memory_format=torch.channels_last)
+
     def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
         # guarded by train(); re-asserted as the contract says, for every submodule (a child switched to training
         # mode directly would update the old BN statistics)

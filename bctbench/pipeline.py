@@ -62,6 +62,7 @@ class Runtime:
     wandb: bool = True
     resume: bool = False
     progress: bool = False
+    profiler: Any = None  # a Lightning profiler (benchmarks/perf/run_profile.py); not a protocol setting
 
     def apply(self, options: dict[str, Any]) -> Runtime:
         """Return a copy with ``--set`` runtime options applied (``wandb=false`` etc.)."""
@@ -296,7 +297,7 @@ def _trainer(
         devices=runtime.devices,
         num_nodes=runtime.num_nodes,
         strategy=runtime.strategy,
-        precision=ctx.spec.training.precision,
+        precision=training_precision(ctx, runtime),
         default_root_dir=str(default_root_dir),
         logger=logger if logger is not None else False,
         callbacks=callbacks or [],
@@ -305,7 +306,28 @@ def _trainer(
         log_every_n_steps=10,
         num_sanity_val_steps=0,
         use_distributed_sampler=ctx.spec.training.sampler is None,
+        profiler=runtime.profiler,
     )
+
+
+def cpu_has_bf16() -> bool:
+    """True when this CPU computes bfloat16 natively (AVX512-BF16 or AMX): bf16 autocast is then fast."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = next((line for line in fh if line.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def training_precision(ctx: RunContext, runtime: Runtime) -> str:
+    """The spec's training precision, except ``bf16-mixed`` on a CPU without native bfloat16, which runs in
+    fp32 (``32-true``: emulated bf16 is slower than fp32); the result records which one ran."""
+    precision = str(ctx.spec.training.precision)
+    if precision.startswith("bf16") and _device(runtime) == "cpu" and not cpu_has_bf16():
+        log.warning("this CPU has no native bfloat16: training in 32-true instead of %s", precision)
+        return "32-true"
+    return precision
 
 
 def _cpu_threads(ctx: RunContext, runtime: Runtime) -> None:
@@ -474,10 +496,13 @@ def pin_old_model(ctx: RunContext, seed: int, runtime: Runtime | None = None) ->
 
     Prints nothing; the caller reports the identity to put under ``old_model.pinned`` in the spec."""
     from bctbench.identity import atomic_write_bytes
+    from bctbench.old_model import sidecar_path
 
     ref = ensure_old_model(ctx, runtime, seed=seed, retrain=True)
     target = pinned_old_model_path(ctx.spec, seed)
     atomic_write_bytes(target, ref.path.read_bytes())
+    if sidecar_path(ref.path).is_file():  # timings and machine of the training, beside the weights
+        atomic_write_bytes(sidecar_path(target), sidecar_path(ref.path).read_bytes())
     return OldModelRef(target, ref.identity)
 
 
@@ -850,7 +875,11 @@ def run(
         hparams_digest=digest,
         per_query=report.per_query,
         git=prov.get("git", {}),
-        env={**prov.get("env", {}), "num_workers": _workers(ctx, runtime)},
+        env={
+            **prov.get("env", {}),
+            "num_workers": _workers(ctx, runtime),
+            "precision": training_precision(ctx, runtime),
+        },
         eval_variants={**_eval_variants(spec, dataset_sha256), "encoders": _identities(encoders)},
         wandb_run=getattr(logger, "version", None) if logger.__class__.__name__ == "WandbLogger" else None,
         timings=timings,
@@ -1108,10 +1137,23 @@ def run_all(
     seeds: list[int] | None = None,
     overrides: list[str] | None = None,
     runtime: Runtime | None = None,
+    jobs: int | None = 1,
+    force: bool = False,
 ) -> list[str]:
-    """Run every (method, seed); a failing run is reported and the others go on. Returns failed run names."""
+    """Run every (method, seed); a failing run is reported and the others go on. Returns failed run names.
+
+    ``jobs == 1`` (default): in this process, one run after the other, every run redone (``force`` is
+    implied). ``jobs`` > 1, or None (automatic: one per GPU, else per CPU core): the subprocess queue of
+    :func:`bctbench.run_queue.run_queue`, which skips runs whose result exists with the current identities
+    (unless ``force``) and resumes interrupted ones."""
     from bctbench.registry import list_methods
 
+    if jobs != 1:
+        from bctbench.run_queue import run_queue
+
+        return run_queue(
+            ctx, methods=methods, seeds=seeds, overrides=overrides, runtime=runtime, jobs=jobs, force=force
+        )
     failed = []
     for name in methods or list_methods():
         for seed in seeds or list(ctx.spec.seeds):

@@ -29,6 +29,9 @@ class ClassifierModule(pl.LightningModule):
         self.save_hyperparameters()
         self.model = EmbeddingModel(backbone, embed_dim, num_classes, pretrained_weights)
 
+    def on_fit_start(self) -> None:
+        self.model.to(memory_format=torch.channels_last)  # faster convolutions; identical values
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         _, logits = self.model(batch["images"])
         loss = F.cross_entropy(logits.float(), batch["labels"])

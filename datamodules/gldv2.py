@@ -36,11 +36,14 @@ import pandas as pd
 import torch
 
 from bctbench.data import (
+    RRC_SCALE,
     ClassBalancedSampler,
     ImageListDataset,
     ImageLoader,
+    augment_batch,
     build_test_transform,
     build_train_transform,
+    pil_to_uint8,
 )
 from bctbench.epoch_order import EpochSeededDataset, EpochShuffleSampler
 from bctbench.errors import ConfigError, DataError
@@ -701,6 +704,8 @@ class GLDv2DataModule(L.LightningDataModule):
         on Resize((s, s)) without augmentation)."""
         if self.augmentation == "none":
             return build_test_transform(self.image_size, self.resize)
+        if self.sampler is None:  # decoded pixels; the random crop/flip happen batched (augment_batch)
+            return pil_to_uint8
         return build_train_transform(self.image_size)
 
     def train_dataloader(self) -> ImageLoader:
@@ -734,5 +739,21 @@ class GLDv2DataModule(L.LightningDataModule):
             )
             return ImageLoader(self.train_dataset, sampler=sampler, **common)
         # order and augmentation from (seed, epoch, index): an interrupted run resumes exactly
-        ordered = EpochSeededDataset(self.train_dataset, self.seed)
+        crop = RRC_SCALE if self.augmentation == "rrc_flip" else None
+        ordered = EpochSeededDataset(self.train_dataset, self.seed, crop_scale=crop)
         return ImageLoader(ordered, sampler=EpochShuffleSampler(len(ordered), self.seed), **common)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """On the training device: tensor augmentation of the whole batch (crop, resize, flip, normalise;
+        :func:`~bctbench.data.augment_batch`) when it carries crop boxes, then images in channels-last
+        layout (the models' convolutions run 1.3-2x faster so; values are unchanged)."""
+        if isinstance(batch, dict):
+            batch = dict(batch)
+            if "crop_box" in batch:
+                batch["images"] = augment_batch(
+                    batch["images"], batch.pop("crop_box"), batch.pop("flip"), self.image_size
+                )
+            images = batch.get("images")
+            if isinstance(images, torch.Tensor) and images.dim() == 4 and images.is_floating_point():
+                batch["images"] = images.contiguous(memory_format=torch.channels_last)
+        return batch

@@ -141,9 +141,10 @@ class FeatureCache:
 def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Write ``path`` through ``write(file)`` atomically (temporary file in the same folder, fsync, rename),
     with the usual permissions (``0666`` minus the umask), not ``mkstemp``'s ``0600``."""
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed writer of the same file
-        stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    from bctbench.identity import remove_stale_temps, temp_prefix
+
+    remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)

@@ -88,3 +88,25 @@ def test_earlier_format_loads_with_its_content_identity(tmp_path) -> None:
     }
     torch.save(payload, tmp_path / "v1.pt")
     assert load_old_model(tmp_path / "v1.pt").identity == module_identity(model)
+
+
+def test_only_temporary_files_of_dead_writers_are_removed(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from bctbench.identity import atomic_write_bytes
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        target = tmp_path / "r.json"
+        mine = tmp_path / f".r.json.{live.pid}-abcd.tmp"  # another process writing r.json right now
+        killed = tmp_path / f".r.json.{dead.pid}-efgh.tmp"  # a writer that was killed mid-write
+        mine.write_text("{")
+        killed.write_text("{")
+        atomic_write_bytes(target, b"{}\n")
+        assert target.read_bytes() == b"{}\n" and mine.exists() and not killed.exists()
+    finally:
+        live.kill()
+        live.wait()

@@ -20,6 +20,10 @@ def _dm(tree, allocation="class30to100", stage="new", **kw) -> GLDv2DataModule:
 
 def _check_batch(dm: GLDv2DataModule, batch: dict) -> None:
     split = dm.split
+    if "crop_box" in batch:  # raw pixels + crop boxes; augmented batched after the transfer to the device
+        assert batch["images"].dtype == torch.uint8 and batch["crop_box"].shape == (4, 4)
+        batch = dm.on_after_batch_transfer(batch, 0)
+        assert "crop_box" not in batch and batch["images"].is_contiguous(memory_format=torch.channels_last)
     assert batch["images"].shape == (4, 3, 16, 16) and batch["images"].dtype == torch.float32
     for key in ("labels", "old_labels", "index"):
         assert batch[key].dtype == torch.int64 and batch[key].shape == (4,)

@@ -13,13 +13,15 @@ from pathlib import Path
 import pytest
 
 from bctbench import registry
-from bctbench.config import BENCHMARKS_DIR
+from bctbench.config import BENCHMARKS_DIR, load_benchmark
 from tests.reliability.conftest import assert_clean_error, run_cli, snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 
 # ------------------------------------------------------------------------------------------ spec YAML
 # (id, text in benchmarks/smoke.yaml, replacement, key the error must name)
+_PIN = load_benchmark("smoke").old_model.pinned  # the committed pins of smoke (seed -> identity)
+
 SPEC_CASES = [
     ("query_crop_string_no", "query_crop: true", "query_crop: 'no'", "evaluation.query_crop"),
     ("query_crop_int", "query_crop: true", "query_crop: 1", "evaluation.query_crop"),
@@ -56,13 +58,8 @@ SPEC_CASES = [
     ("ratio_string", "ratio: 0.3", "ratio: 'a third'", "data.ratio"),
     ("synthetic_seed_negative", "synthetic_seed: 0", "synthetic_seed: -3", "data.synthetic_seed"),
     ("sampler_int", "sampler: null", "sampler: 3", "training.sampler"),
-    ("pinned_string_key", "    0: 3976b273", "    zero: 3976b273", "old_model.pinned"),
-    (
-        "pinned_int_value",
-        "    1: 6733ae25f1f794393fca6b571550357f56fdf3b2dcadc6507596c015273234ab",
-        "    1: 5",
-        "old_model.pinned.1",
-    ),
+    ("pinned_string_key", f"    0: {_PIN[0]}", f"    zero: {_PIN[0]}", "old_model.pinned"),
+    ("pinned_int_value", f"    1: {_PIN[1]}", "    1: 5", "old_model.pinned.1"),
     (
         "eval_sets_empty",
         "  eval_sets:\n    - {name: rsynth, kind: revisited, root: synth_tiny}\n"

@@ -1,0 +1,110 @@
+"""Runs per hour of ``bctbench run-all --jobs 1`` against ``--jobs N`` (default 2) on one benchmark.
+
+Every timed pass is a real ``bctbench run-all`` subprocess into a *fresh* results root (nothing is skipped),
+sharing one warm data and cache root: the dataset, the old models and the shared old-model caches exist before
+the first timed pass (an untimed warm-up pass of the same queue writes them), so the passes differ only in how
+many jobs run at a time. With several rounds the order of the passes alternates. Prints the wall time of each
+pass, runs per hour (jobs x 3600 / wall seconds) and the ratio of each ``--jobs`` value to ``--jobs 1``.
+
+Run it on an otherwise idle machine (the load average is printed before and after: other CPU-bound processes
+change the ratio).
+
+    python benchmarks/perf/queue_speedup.py [--benchmark smoke] [--methods independent bct l2 lce] [--seeds 0]
+        [--jobs 1 2] [--rounds 1] [--data-root DIR --cache-root DIR] [--no-warmup] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def _queue(args: argparse.Namespace, jobs: int, results: Path, data: Path, cache: Path) -> float:
+    """Wall seconds of one ``run-all`` pass; raises SystemExit when it fails."""
+    argv = [sys.executable, "-m", "bctbench.cli", "run-all", "-b", args.benchmark, "--methods", *args.methods]
+    argv += ["--seeds", *map(str, args.seeds), "--jobs", str(jobs), "--no-wandb", "--quiet"]
+    argv += ["--data-root", str(data), "--cache-root", str(cache), "--results-root", str(results)]
+    start = time.perf_counter()
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+        raise SystemExit(f"run-all --jobs {jobs} failed with exit status {proc.returncode}")
+    written = list((results / Path(args.benchmark).stem).glob("*/seed*.json"))
+    expected = len(args.methods) * len(args.seeds)
+    if len(written) != expected:
+        raise SystemExit(f"run-all --jobs {jobs} wrote {len(written)} results, expected {expected}")
+    return wall
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--benchmark", default="smoke")
+    p.add_argument("--methods", nargs="+", default=["independent", "bct", "l2", "lce"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument(
+        "--jobs", nargs="+", type=int, default=[1, 2], help="--jobs values to time (1 is the base)"
+    )
+    p.add_argument("--rounds", type=int, default=1, help="timed passes per --jobs value (order alternates)")
+    p.add_argument("--data-root", default=None, help="shared data root (default: a temporary folder)")
+    p.add_argument("--cache-root", default=None, help="shared cache root (default: a temporary folder)")
+    p.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up pass")
+    p.add_argument("--keep", action="store_true", help="keep the temporary folders")
+    args = p.parse_args(argv)
+    if 1 not in args.jobs:
+        args.jobs = [1, *args.jobs]
+    if any(j < 1 for j in args.jobs) or args.rounds < 1:
+        p.error("--jobs values and --rounds must be >= 1")
+
+    work = Path(tempfile.mkdtemp(prefix="bctbench-queue-speedup-"))
+    data = Path(args.data_root) if args.data_root else work / "data"
+    cache = Path(args.cache_root) if args.cache_root else work / "cache"
+    n_runs = len(args.methods) * len(args.seeds)
+    print(f"benchmark {args.benchmark}: {n_runs} runs ({' '.join(args.methods)} x seeds {args.seeds})")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores")
+    print(f"load average before: {_load()}")
+    try:
+        if not args.no_warmup:
+            wall = _queue(args, max(args.jobs), work / "results-warmup", data, cache)
+            print(f"warm-up pass (--jobs {max(args.jobs)}, untimed): {wall:.1f} s")
+        times: dict[int, list[float]] = {j: [] for j in args.jobs}
+        for r in range(args.rounds):
+            order = args.jobs if r % 2 == 0 else list(reversed(args.jobs))
+            for jobs in order:
+                wall = _queue(args, jobs, work / f"results-r{r}-j{jobs}", data, cache)
+                times[jobs].append(wall)
+                print(f"round {r + 1}: --jobs {jobs}: {wall:.1f} s")
+        print(f"load average after: {_load()}")
+        print()
+        print("| --jobs | wall s (best) | runs/hour | × --jobs 1 |")
+        print("|---:|---:|---:|---:|")
+        base = n_runs * 3600 / min(times[1])
+        for jobs in args.jobs:
+            rate = n_runs * 3600 / min(times[jobs])
+            print(f"| {jobs} | {min(times[jobs]):.1f} | {rate:.0f} | {rate / base:.2f} |")
+    finally:
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
