@@ -570,6 +570,7 @@ def _artifact_store(ctx: RunContext, model, dm, runtime: Runtime):
         old_images=lambda: training_images(dm, "old"),
         transform=test_transform(ctx),
         batch_size=ctx.spec.evaluation.batch_size,
+        num_workers=_workers(ctx, runtime),
         device=_device(runtime),
     )
 

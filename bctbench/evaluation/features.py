@@ -202,6 +202,9 @@ def extract_features(
         encoder.to(device)
     was_training = encoder.training
     encoder.eval()
+    # channels-last convolutions: faster on CPU (oneDNN) and GPU; the same layout for every pass keeps
+    # features of a model identical whether it was just trained or loaded from a checkpoint
+    encoder.to(memory_format=torch.channels_last)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     chunks: list[np.ndarray] = []
     iterator = loader
@@ -211,7 +214,9 @@ def extract_features(
         iterator = track(loader, description=desc, total=len(loader), transient=True)
     try:
         for batch in iterator:
-            images = batch["images"].to(device, non_blocking=True)
+            images = (
+                batch["images"].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            )
             with autocast:
                 out = encoder(images)
             if out.ndim != 2 or out.shape[0] != images.shape[0]:
