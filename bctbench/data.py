@@ -289,6 +289,23 @@ def collate_batch(samples: list[Any]) -> dict[str, torch.Tensor] | LoadFailure:
     return default_collate(samples)
 
 
+class AugmentingCollate:
+    """``collate_fn`` that collates (:func:`collate_batch`) and then applies the batch's crop boxes and flips
+    (:func:`augment_batch`) to ``size x size``: in a data-loader worker, so the training process only trains.
+    Batches without crop boxes (and load failures) pass through unchanged."""
+
+    def __init__(self, size: int) -> None:
+        self.size = int(size)
+
+    def __call__(self, samples: list[Any]) -> dict[str, torch.Tensor] | LoadFailure:
+        batch = collate_batch(samples)
+        if isinstance(batch, dict) and "crop_box" in batch:
+            batch["images"] = augment_batch(
+                batch["images"], batch.pop("crop_box"), batch.pop("flip"), self.size
+            )
+        return batch
+
+
 def pil_to_uint8(image: Image.Image) -> torch.Tensor:
     """RGB PIL image -> ``uint8[3, H, W]`` (no scaling: the tensor augmentation works on raw pixels)."""
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()

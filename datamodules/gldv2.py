@@ -37,6 +37,7 @@ import torch
 
 from bctbench.data import (
     RRC_SCALE,
+    AugmentingCollate,
     ClassBalancedSampler,
     ImageListDataset,
     ImageLoader,
@@ -741,6 +742,8 @@ class GLDv2DataModule(L.LightningDataModule):
         # order and augmentation from (seed, epoch, index): an interrupted run resumes exactly
         crop = RRC_SCALE if self.augmentation == "rrc_flip" else None
         ordered = EpochSeededDataset(self.train_dataset, self.seed, crop_scale=crop)
+        if crop is not None and self.num_workers > 0:  # augment in the workers, batched; else on the device
+            common["collate_fn"] = AugmentingCollate(self.image_size)
         return ImageLoader(ordered, sampler=EpochShuffleSampler(len(ordered), self.seed), **common)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

@@ -30,12 +30,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 # SimpleProfiler action names (Lightning 2.x) -> stage
 STAGES = {
-    "data": (r"train_dataloader_next",),
-    "forward": (r"\]\.training_step$",),
-    "backward": (r"\]\.backward$",),
-    "optimizer": (r"\]\.optimizer_step$",),
-    "checkpointing": (r"ModelCheckpoint.*on_train_epoch_end", r"save_checkpoint"),
-    "logging": (r"LearningRateMonitor", r"log_metrics", r"on_train_batch_end"),
+    "data: fetch (decode + collate)": (r"train_dataloader_next$",),
+    "data: augment / layout in the training process": (r"on_after_batch_transfer$",),
+    "forward (training_step)": (r"Strategy\.training_step$",),
+    "backward": (r"Strategy\.backward$",),
+    "optimizer": (r"\.optimizer_step$",),
+    "checkpointing": (r"ModelCheckpoint.*on_train_epoch_end", r"^save_checkpoint$", r"on_save_checkpoint$"),
+    "logging": (r"LearningRateMonitor", r"log_metrics", r"on_train_batch_end$"),
 }
 
 
@@ -109,7 +110,7 @@ def _breakdown(report: str, fit: float) -> dict[str, float]:
                 out[stage] += total
                 break
     # the closure (forward + backward) runs inside optimizer_step
-    out["optimizer"] = max(0.0, out["optimizer"] - out["forward"] - out["backward"])
+    out["optimizer"] = max(0.0, out["optimizer"] - out["forward (training_step)"] - out["backward"])
     out["other loop work"] = max(0.0, fit - sum(out.values()))
     return out
 
@@ -129,9 +130,9 @@ def _profile(args: argparse.Namespace) -> None:
             f"\n{args.benchmark} / {args.method} seed {args.seed}: wall {wall:.1f} s, fit {t['fit']:.1f} s "
             f"(precision {res['precision']}, {res['torch_threads']} torch thread(s))"
         )
-        print(f"{'stage':<36}{'seconds':>9}{'share':>8}")
+        print(f"{'stage':<48}{'seconds':>9}{'share':>8}")
         for stage, sec in stages.items():
-            print(f"{stage:<36}{sec:>9.1f}{100 * sec / wall:>7.1f}%")
+            print(f"{stage:<48}{sec:>9.1f}{100 * sec / wall:>7.1f}%")
 
 
 def _compare(args: argparse.Namespace) -> None:

@@ -3,7 +3,9 @@ returns exactly the single-process feature array."""
 
 from __future__ import annotations
 
+import os
 import socket
+import traceback
 
 import numpy as np
 import torch
@@ -32,9 +34,13 @@ def _worker(rank: int, port: int, paths: list[str], out: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
         np.save(f"{out}/rank{rank}.npy", _extract(paths))
-        dist.barrier()  # both ranks done before teardown: gloo aborts a process torn down mid-exchange
-    finally:
-        dist.destroy_process_group()
+        dist.barrier()  # both ranks done before either leaves
+    except BaseException:
+        traceback.print_exc()
+        os._exit(1)
+    # leave without tearing gloo down: its teardown intermittently aborts the process (SIGABRT,
+    # "terminate called without an active exception") after the work is done
+    os._exit(0)
 
 
 def _free_port() -> int:

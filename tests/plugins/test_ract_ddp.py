@@ -13,7 +13,9 @@ The per-rank losses themselves differ from each other and from a local-only loss
 
 from __future__ import annotations
 
+import os
 import socket
+import traceback
 
 import pytest
 import torch
@@ -70,9 +72,13 @@ def _worker(rank: int, port: int, setup_dict: dict, out_dir: str) -> None:
         local = slice(rank * B, (rank + 1) * B)
         loss, grad = _loss_and_grad(model, new_raw[local], old_raw[local], labels[local])
         torch.save({"loss": loss, "grad": grad}, f"{out_dir}/rank{rank}.pt")
-        dist.barrier()  # both ranks done before teardown: gloo aborts a process torn down mid-exchange
-    finally:
-        dist.destroy_process_group()
+        dist.barrier()  # both ranks done before either leaves
+    except BaseException:
+        traceback.print_exc()
+        os._exit(1)
+    # leave without tearing gloo down: its teardown intermittently aborts the process (SIGABRT,
+    # "terminate called without an active exception") after the work is done
+    os._exit(0)
 
 
 def _free_port() -> int:
