@@ -950,7 +950,7 @@ def train_generation(
             log.warning("generation %d: %s does not match %s; retraining", step, ckpt, meta_path)
         else:
             log.info("generation %d of %s seed %d: cached %s", step, cls.name, seed, ckpt)
-            return OldModelRef(ckpt, info["identity"]), info
+            return OldModelRef(ckpt, info["identity"]), {**info, "path": str(ckpt.resolve())}
 
     pl.seed_everything(seed, workers=True, verbose=False)
     dm = build_datamodule(ctx, "new", runtime, seed, step=step - 1)
@@ -1023,12 +1023,13 @@ def train_generation(
             backbone=spec.models.new_backbone,
             meta={"benchmark": spec.name, "generation": step, "method": cls.name, "seed": seed, "key": key},
         )
-        info["path"] = str(ckpt.resolve())
-        _write_json(meta_path, info)
+        _write_json(
+            meta_path, info
+        )  # no absolute paths in cache records: a copied cache stays self-contained
     if trainer.world_size > 1:
         trainer.strategy.barrier("bctbench-generation")
         info = json.loads(meta_path.read_text())
-    return OldModelRef(ckpt, info["identity"]), info
+    return OldModelRef(ckpt, info["identity"]), {**info, "path": str(ckpt.resolve())}
 
 
 def run_sequential(ctx: RunContext, cls: type, method_kw: dict[str, Any], *, seed: int, runtime: Runtime):
