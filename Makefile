@@ -31,7 +31,7 @@ bench: $(STAMP) ## train (old model cached), evaluate METHOD on BENCH with SEED,
 bench-all: $(STAMP) ## every registered method x SEEDS on BENCH, JOBS at a time (default: auto), then the leaderboard
 	$(BIN)/bctbench run-all --benchmark $(BENCH) --seeds $(SEEDS) $(if $(JOBS),--jobs $(JOBS)) $(ARGS)
 
-reference: $(STAMP) ## maintainers: every method x SEEDS into results/reference (clean git tree only)
+reference: $(STAMP) ## maintainers: every method x SEEDS into results/reference (clean tree only; ARGS=--force redoes existing ones)
 	$(BIN)/bctbench run-all --reference --benchmark $(BENCH) --seeds $(SEEDS) $(ARGS)
 
 smoke: $(STAMP) ## every registered method on the tiny smoke benchmark (CPU, CI-sized)

@@ -13,13 +13,15 @@ import hashlib
 import io
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from torch import nn
 
 __all__ = [
+    "atomic_write",
     "atomic_write_bytes",
     "module_identity",
     "remove_stale_temps",
@@ -83,12 +85,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync, rename); return it.
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """Write ``path`` through ``write(file)`` atomically (temporary file in the same folder, fsync, rename).
 
     The file gets the usual permissions (``0666`` minus the umask), not ``mkstemp``'s ``0600``. Temporary files
-    of the same target left by a killed writer are removed first; on any error the temporary file is removed
-    and the previous target is untouched.
+    of the same target left by a killed writer are removed first; on any error the temporary file is removed,
+    the previous target is untouched, and an ``OSError`` names the target.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,7 +98,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         umask = os.umask(0)
@@ -112,6 +114,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """:func:`atomic_write` of ``data``; returns the path."""
+    return atomic_write(path, lambda fh: fh.write(data))
 
 
 def save_deterministic(obj: object, path: str | os.PathLike) -> Path:

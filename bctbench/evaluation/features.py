@@ -12,8 +12,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -139,29 +137,10 @@ class FeatureCache:
 
 
 def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write ``path`` through ``write(file)`` atomically (temporary file in the same folder, fsync, rename),
-    with the usual permissions (``0666`` minus the umask), not ``mkstemp``'s ``0600``."""
-    from bctbench.identity import remove_stale_temps, temp_prefix
+    """:func:`bctbench.identity.atomic_write` (atomic, normal permissions, stale temporary files removed)."""
+    from bctbench.identity import atomic_write
 
-    remove_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None  # name the target
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, write)
 
 
 @torch.no_grad()
