@@ -132,6 +132,7 @@ def test_two_jobs_in_parallel_then_skipped_then_rerun_when_identity_changes(data
         assert _result(tmp_path, method).is_file()
         log = tmp_path / "cache" / "queue" / "smoke" / f"{method}-seed0.log"
         assert "result written" in log.read_text()  # the job's own output went to its log
+        assert '"--num-workers", "0"' in log.read_text()  # both cores train: no loader worker processes
     assert "2 done, 0 skipped, 0 failed" in res.out
     assert "| independent" in res.out  # the leaderboard follows
     before = {m: _result(tmp_path, m).read_bytes() for m in METHODS}

@@ -75,3 +75,15 @@ def test_result_files_do_not_make_the_tree_dirty(tmp_path: Path) -> None:
     assert _git_info(tmp_path)["dirty"] is False
     (tmp_path / "code.py").write_text("x = 2\n")
     assert _git_info(tmp_path)["dirty"] is True
+
+
+def test_loader_workers_do_not_change_the_result(tmp_path: Path) -> None:
+    results = []
+    for workers in (0, 1):
+        ctx = pipeline.RunContext.create(
+            "smoke", cache_root=tmp_path / f"c{workers}", results_root=tmp_path / f"r{workers}"
+        )
+        runtime = pipeline.Runtime(wandb=False, accelerator="cpu", num_workers=workers)
+        results.append(pipeline.run(ctx, "bct", seed=0, runtime=runtime))
+    assert results[0].env["num_workers"] == 0 and results[1].env["num_workers"] == 1
+    assert results[0].metrics == results[1].metrics and results[0].per_query == results[1].per_query
