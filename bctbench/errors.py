@@ -7,6 +7,12 @@ the offending file, line, id or key themselves.
 from __future__ import annotations
 
 
+def describe(exc: BaseException) -> str:
+    """``Type: first line of the message`` of an exception: the one-line form error messages quote."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0].strip()}" if lines else type(exc).__name__
+
+
 class BCTBenchError(Exception):
     """Base class of user-facing errors (bad input, bad configuration, unknown names)."""
 

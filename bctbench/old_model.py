@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bctbench.errors import CheckpointError
+from bctbench.errors import CheckpointError, describe
 from bctbench.identity import atomic_write_bytes, module_identity, save_deterministic, short, state_identity
 from bctbench.models import EmbeddingModel
 
@@ -136,8 +136,7 @@ def load_old_model(
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad checkpoint
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {first})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({describe(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") not in FORMATS:
         raise CheckpointError(f"{path}: not a bctbench old-model checkpoint (key 'format' not in {FORMATS})")
     for key, expected in (

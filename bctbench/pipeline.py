@@ -29,7 +29,7 @@ from bctbench.config import (
     parse_set_options,
     split_overrides,
 )
-from bctbench.errors import BCTBenchError, CheckpointError, ConfigError
+from bctbench.errors import BCTBenchError, CheckpointError, ConfigError, describe
 from bctbench.paths import resolve_cache_root, resolve_data_root, resolve_results_root
 
 log = logging.getLogger("bctbench")
@@ -189,7 +189,7 @@ def build_datamodule(ctx: RunContext, stage: str, runtime: Runtime, seed: int, s
     from datamodules.gldv2 import GLDv2DataModule
 
     t = ctx.spec.training
-    workers = t.num_workers if runtime.num_workers is None else runtime.num_workers
+    workers = _workers(ctx, runtime)
     return GLDv2DataModule(
         ctx.gldv2_root,
         ctx.spec.data.allocation,
@@ -335,7 +335,7 @@ def _cpu_threads(ctx: RunContext, runtime: Runtime) -> None:
     threads competing with loader processes for the same cores make every step several times slower."""
     if _device(runtime) != "cpu" or os.environ.get("OMP_NUM_THREADS"):
         return
-    workers = ctx.spec.training.num_workers if runtime.num_workers is None else runtime.num_workers
+    workers = _workers(ctx, runtime)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
 
 
@@ -408,6 +408,7 @@ def ensure_old_model(
     """
     from bctbench.identity import atomic_write_bytes, short
     from bctbench.old_model import load_old_model, save_old_checkpoint
+    from bctbench.results import machine_info
 
     runtime = runtime or Runtime()
     spec = ctx.spec
@@ -484,7 +485,7 @@ def ensure_old_model(
         cached,
         backbone=spec.models.old_backbone,
         meta=_old_meta(ctx, seed),
-        sidecar={"train_seconds": round(time.time() - start, 3), **_machine()},
+        sidecar={"train_seconds": round(time.time() - start, 3), **machine_info()},
     )
     _write_json(meta_path, {"identity": identity, "file": cached.name, "source": "trained"})
     log.info("old model %d saved: %s (identity %s)", seed, cached, short(identity))
@@ -504,12 +505,6 @@ def pin_old_model(ctx: RunContext, seed: int, runtime: Runtime | None = None) ->
     if sidecar_path(ref.path).is_file():  # timings and machine of the training, beside the weights
         atomic_write_bytes(sidecar_path(target), sidecar_path(ref.path).read_bytes())
     return OldModelRef(target, ref.identity)
-
-
-def _machine() -> dict[str, Any]:
-    from bctbench.results import machine_info
-
-    return machine_info()
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -542,7 +537,7 @@ def build_evaluator(
     from bctbench.evaluation.features import FeatureCache
 
     e = ctx.spec.evaluation
-    workers = ctx.spec.training.num_workers if runtime.num_workers is None else runtime.num_workers
+    workers = _workers(ctx, runtime)
     return CompatibilityEvaluator(
         eval_sets if eval_sets is not None else load_eval_sets(ctx),
         test_transform(ctx),
@@ -748,11 +743,8 @@ def _build_method(ctx: RunContext, cls, method_kw: dict, dm, old_ref, old_backbo
     except BCTBenchError:
         raise
     except Exception as exc:  # noqa: BLE001 - a plugin's __init__ failing is the plugin's error, named
-        first = (str(exc).strip().splitlines() or [""])[0]
         where = getattr(cls, "__module__", "?")
-        raise ConfigError(
-            f"method '{cls.name}' ({where}) failed to build: {type(exc).__name__}: {first}"
-        ) from None
+        raise ConfigError(f"method '{cls.name}' ({where}) failed to build: {describe(exc)}") from None
 
 
 def run(
@@ -1195,10 +1187,7 @@ def evaluate_checkpoint(ctx: RunContext, checkpoint: str, runtime: Runtime | Non
     except BCTBenchError:
         raise
     except Exception as exc:  # noqa: BLE001 - a checkpoint that does not fit the method
-        first = (str(exc).strip().splitlines() or [""])[0]
-        raise CheckpointError(
-            f"{path}: cannot load as method '{name}' ({type(exc).__name__}: {first})"
-        ) from None
+        raise CheckpointError(f"{path}: cannot load as method '{name}' ({describe(exc)})") from None
     return evaluate_method(ctx, runtime, model)
 
 
@@ -1207,8 +1196,7 @@ def _load_method_checkpoint(path: Path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure (or a refused payload) is a bad checkpoint
-        first = (str(exc).strip().splitlines() or [""])[0]
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {first})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({describe(exc)})") from None
     if not isinstance(payload, dict) or "state_dict" not in payload:
         raise CheckpointError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
     return payload

@@ -22,7 +22,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from bctbench.errors import BCTBenchError, UnknownMethodError
+from bctbench.errors import BCTBenchError, UnknownMethodError, describe
 
 ENTRY_POINT_GROUP = "bctbench.methods"
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -88,14 +88,8 @@ def _unknown(name: str, reason: str = "") -> UnknownMethodError:
     return UnknownMethodError(f"unknown method '{name}'{extra}; available methods: {valid}")
 
 
-def _describe(exc: BaseException) -> str:
-    """``Type: first line of the message`` of an exception (one line)."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0].strip()}" if lines else type(exc).__name__
-
-
 def _load_failed(name: str, origin: str, exc: BaseException) -> BCTBenchError:
-    return BCTBenchError(f"method plugin '{name}' ({origin}) failed to load: {_describe(exc)}")
+    return BCTBenchError(f"method plugin '{name}' ({origin}) failed to load: {describe(exc)}")
 
 
 def _is_missing_module(exc: BaseException, module_name: str) -> bool:

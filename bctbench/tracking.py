@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from bctbench.errors import describe
 from bctbench.results import RunResult, metric_key
 
 PROJECT = "bctbench"
@@ -103,10 +104,7 @@ def _settings(wandb: Any, **kwargs: Any) -> Any:
 
 
 def _warn(what: str, exc: BaseException) -> None:
-    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    warnings.warn(
-        f"W&B {what} failed ({type(exc).__name__}: {msg}); continuing without it", UserWarning, stacklevel=3
-    )
+    warnings.warn(f"W&B {what} failed ({describe(exc)}); continuing without it", UserWarning, stacklevel=3)
 
 
 def make_wandb_logger(

@@ -459,20 +459,8 @@ def gldv2_ap_at_k(
 def gldv2_map_at_k(
     predictions: np.ndarray | Sequence[Sequence[int]], solution: Sequence[Sequence[int] | set], k: int = 100
 ) -> float:
-    """GLDv2 retrieval mAP@k, the official DELF definition (``evaluation.md`` §4.2).
-
-    Args:
-        predictions: ``int64[n_queries, >=k]`` (rows = queries, best first) or a list of per-query
-            sequences (ragged, possibly empty). Only the first ``k`` predictions count; duplicates are
-            skipped but keep their position; negative ids (faiss padding) never match.
-        solution: per query the relevant gallery ids (non-empty).
-        k: cut-off (100 for GLDv2).
-
-    Returns:
-        mean over all queries of :func:`gldv2_ap_at_k`,
-        ``(1 / min(|G_q|, k)) * sum_i [first-occurrence hit at i] n_correct(i) / (i+1)``; a query with no
-        predictions scores 0. NaN when there are no queries.
-    """
+    """GLDv2 retrieval mAP@k, the official DELF definition: the mean over all queries of
+    :func:`gldv2_ap_at_k` (same arguments); NaN when there are no queries."""
     return _gldv2_ap_and_map(predictions, solution, k)[1]
 
 
