@@ -161,7 +161,7 @@ def plan_jobs(methods: list[str] | None, seeds: list[int], overrides: list[str] 
             params = pipeline.method_parameters(cls)
             method_kw, _ = split_overrides(opts, params, cls.name, method_annotations(cls))
             method = cls.name
-            digest = pipeline._hparams_digest(cls, {**params, **method_kw})
+            digest = pipeline.method_hparams_digest(cls, {**params, **method_kw})
         except BCTBenchError as exc:
             error = str(exc)
         for seed in seeds:
@@ -273,7 +273,7 @@ def _warm_caches(ctx, runtime, jobs: list[Job], refs: dict[int, Any], eval_sets:
                 dm = pipeline.build_datamodule(ctx, "new", runtime, seed, step=step)
                 dm.prepare_data()
                 dm.setup("fit")
-                store = pipeline._artifact_store(ctx, SimpleNamespace(old=old), dm, runtime)
+                store = pipeline.artifact_store(ctx, SimpleNamespace(old=old), dm, runtime)
                 for kind in sorted(kinds):
                     store.get(kind)
 

@@ -19,3 +19,15 @@ def _isolated_roots(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("BCTBENCH_RESULTS", str(base / "results"))
     monkeypatch.setenv("BCTBENCH_DATA", str(base / "data"))
     yield
+
+
+def patch_pipeline(monkeypatch, name: str, value) -> None:
+    """Replace ``bctbench.pipeline.<name>`` in the package and in every stage module that imported it."""
+    import sys
+
+    from bctbench import pipeline
+
+    monkeypatch.setattr(pipeline, name, value)
+    for mod_name, mod in list(sys.modules.items()):
+        if mod_name.startswith("bctbench.pipeline.") and hasattr(mod, name):
+            monkeypatch.setattr(mod, name, value)

@@ -9,6 +9,7 @@ import pytest
 
 from bctbench.cli import main
 from bctbench.results import read_result, result_path
+from tests.conftest import patch_pipeline
 
 
 def _run(capsys, *argv):
@@ -196,7 +197,7 @@ def test_dataset_regenerated_during_a_run_is_an_error(capsys, smoke_roots, monke
 
     real = pipeline.dataset_fingerprint
     calls = iter(range(100))
-    monkeypatch.setattr(pipeline, "dataset_fingerprint", lambda ctx: f"{real(ctx)}-{next(calls)}")
+    patch_pipeline(monkeypatch, "dataset_fingerprint", lambda ctx: f"{real(ctx)}-{next(calls)}")
     code, _, err = _run(
         capsys,
         "run",
@@ -271,7 +272,7 @@ def test_reevaluate_refuses_a_checkpoint_that_is_not_the_results_model(capsys, s
 
 
 def test_fresh_run_replaces_a_previous_runs_checkpoints(tmp_path):
-    from bctbench.pipeline import _resume_path
+    from bctbench.pipeline.trainer import _resume_path
 
     ckpts = tmp_path / "checkpoints"
     ckpts.mkdir()

@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 
 from bctbench import pipeline
+from bctbench.config import load_benchmark
 from bctbench.results import read_result, result_path
 from bctbench.resume import latest_checkpoint
 from bctbench.run_queue import Job, _command, check_jobs, default_jobs, plan_jobs
+from tests.conftest import patch_pipeline
 from tests.reliability.conftest import assert_clean_error, run_cli
 
 METHODS = ("independent", "bct")
@@ -152,7 +154,7 @@ def test_two_jobs_in_parallel_then_skipped_then_rerun_when_identity_changes(data
     assert third.code == 0, third.err[-3000:]
     assert "[1/2] independent seed 0 skipped (result exists)" in third.out
     assert "[2/2] bct seed 0 done in " in third.out
-    assert read_result(path).benchmark_sha256 == pipeline.load_benchmark("smoke").sha256
+    assert read_result(path).benchmark_sha256 == load_benchmark("smoke").sha256
     assert _result(tmp_path, "independent").read_bytes() == before["independent"]
 
 
@@ -289,7 +291,7 @@ def test_pipeline_run_all_uses_the_queue_unless_jobs_is_one(tmp_path, monkeypatc
 
     calls = []
     monkeypatch.setattr(run_queue, "run_queue", lambda ctx, **kw: calls.append(kw) or ["x/seed0"])
-    monkeypatch.setattr(pipeline, "run", lambda ctx, name, **kw: calls.append(("run", name, kw["seed"])))
+    patch_pipeline(monkeypatch, "run", lambda ctx, name, **kw: calls.append(("run", name, kw["seed"])))
     ctx = pipeline.RunContext.create("smoke", tmp_path / "d", tmp_path / "c", tmp_path / "r")
     assert pipeline.run_all(ctx, methods=["bct"], seeds=[0], jobs=None, force=True) == ["x/seed0"]
     assert calls.pop() == {

@@ -6,6 +6,7 @@ leaderboard through the CLI."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,10 +135,10 @@ def test_matrix_entries_equal_a_plain_two_model_evaluation(result, ctx):
 
 def test_rerun_reuses_cached_generations(result, ctx):
     gens = result.curves["sequential"]["generations"]
-    mtimes = [pipeline.Path(g["path"]).stat().st_mtime_ns for g in gens]
+    mtimes = [Path(g["path"]).stat().st_mtime_ns for g in gens]
     again = pipeline.run(ctx, "bct", seed=0, runtime=pipeline.Runtime(wandb=False, accelerator="cpu"))
     assert [g["identity"] for g in again.curves["sequential"]["generations"]] == [g["identity"] for g in gens]
-    assert [pipeline.Path(g["path"]).stat().st_mtime_ns for g in gens] == mtimes
+    assert [Path(g["path"]).stat().st_mtime_ns for g in gens] == mtimes
 
 
 def test_a_method_that_changes_its_old_model_is_refused(result, ctx):
@@ -152,7 +153,7 @@ def test_a_method_that_changes_its_old_model_is_refused(result, ctx):
             return super().compatibility_loss(batch, new, old)
 
     gens = result.curves["sequential"]["generations"]
-    old_ref = pipeline.OldModelRef(pipeline.Path(gens[0]["path"]), gens[0]["identity"])
+    old_ref = pipeline.OldModelRef(Path(gens[0]["path"]), gens[0]["identity"])
     with pytest.raises(BCTBenchError, match="frozen generation 0 changed"):
         pipeline.train_generation(
             ctx,

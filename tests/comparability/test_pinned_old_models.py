@@ -17,6 +17,7 @@ from bctbench.config import list_benchmarks, load_benchmark
 from bctbench.errors import CheckpointError
 from bctbench.models import EmbeddingModel
 from bctbench.old_model import load_old_model, save_old_checkpoint
+from tests.conftest import patch_pipeline
 
 PINNED = [b for b in list_benchmarks() if load_benchmark(b).old_model.pinned]
 
@@ -110,7 +111,7 @@ def test_a_given_checkpoint_is_checked_against_the_spec(tmp_path, capsys) -> Non
 def test_a_pinned_model_trained_on_other_data_is_refused(tmp_path, monkeypatch) -> None:
     ctx = pipeline.RunContext.create("smoke", cache_root=tmp_path)
     pipeline.ensure_dataset(ctx)
-    monkeypatch.setattr(pipeline, "dataset_fingerprint", lambda ctx: "f" * 64)
+    patch_pipeline(monkeypatch, "dataset_fingerprint", lambda ctx: "f" * 64)
     with pytest.raises(
         CheckpointError, match="trained on dataset_sha256 .* the benchmark's data has ffffffffffff"
     ):

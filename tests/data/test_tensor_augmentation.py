@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from bctbench.data import IMAGENET_MEAN, IMAGENET_STD, augment_batch, collate_batch, pil_to_uint8, rrc_box
 from bctbench.epoch_order import EpochSeededDataset, EpochShuffleSampler
+from tests.conftest import patch_pipeline
 
 
 def _normalise(x: torch.Tensor) -> torch.Tensor:
@@ -115,9 +116,9 @@ def test_bf16_falls_back_to_fp32_on_a_cpu_without_it(monkeypatch) -> None:
         ctx.spec, training=dataclasses.replace(ctx.spec.training, precision="bf16-mixed")
     )
     cpu = pipeline.Runtime(accelerator="cpu")
-    monkeypatch.setattr(pipeline, "cpu_has_bf16", lambda: False)
+    patch_pipeline(monkeypatch, "cpu_has_bf16", lambda: False)
     assert pipeline.training_precision(ctx, cpu) == "32-true"
-    monkeypatch.setattr(pipeline, "cpu_has_bf16", lambda: True)
+    patch_pipeline(monkeypatch, "cpu_has_bf16", lambda: True)
     assert pipeline.training_precision(ctx, cpu) == "bf16-mixed"
 
 

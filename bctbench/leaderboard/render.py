@@ -1,0 +1,101 @@
+"""Entry point of ``bctbench leaderboard``: read reference and user results, gate them for comparability,
+build the table and render it (and its figures)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from bctbench.comparability import gate
+from bctbench.errors import BCTBenchError, ConfigError
+from bctbench.leaderboard.formats import _RENDERERS
+from bctbench.leaderboard.plots import plot_leaderboard
+from bctbench.leaderboard.sequential import _SEQ_RENDERERS, is_sequential, sequential_leaderboard
+from bctbench.leaderboard.table import leaderboard, results_frame
+from bctbench.results import read_results
+
+
+def load_board(
+    results_root: str | os.PathLike | None,
+    benchmark: str,
+    reference_root: str | os.PathLike | None = None,
+    *,
+    strict: bool = False,
+):
+    """Read the reference results and the user's results of ``benchmark`` and pass them through the
+    provenance gate (:func:`bctbench.comparability.gate`). The same folder given twice counts once."""
+    same = (
+        results_root is not None
+        and reference_root is not None
+        and Path(results_root).resolve() == Path(reference_root).resolve()
+    )
+    if reference_root is None:  # one folder: its results are the board, unmarked
+        return gate(read_results(results_root, benchmark) if results_root is not None else [], strict=strict)
+    reference = read_results(reference_root, benchmark)
+    yours = read_results(results_root, benchmark) if results_root is not None and not same else []
+    return gate(reference, yours, strict=strict)
+
+
+def render(
+    results_root: str | os.PathLike | None,
+    benchmark: str,
+    fmt: str = "md",
+    out: str | os.PathLike | None = None,
+    plots_dir: str | os.PathLike | None = None,
+    curve_methods: Iterable[str] | None = None,
+    *,
+    reference_root: str | os.PathLike | None = None,
+    strict: bool = False,
+) -> str:
+    """Build the leaderboard of ``benchmark`` from result files alone and return it as text.
+
+    ``results_root``: the user's results (rows marked ``(yours)`` when ``reference_root`` is given too);
+    ``reference_root``: the reference results. Both go through the provenance gate; results that are not
+    comparable are listed under the table (``strict``: refused with a one-line error instead).
+    ``fmt``: ``md`` (alias ``markdown``), ``csv`` or ``latex`` (alias ``tex``). ``out``: also write the text
+    there. ``plots_dir``: also write the plots there (``curve_methods``: see :func:`plot_leaderboard`).
+    Results of a sequential benchmark (they carry ``curves["sequential"]``) get the sequential view instead
+    (:func:`sequential_leaderboard`; ``md`` or ``csv``, no plots). Raises
+    :class:`~bctbench.errors.ConfigError` for an unknown format and :class:`~bctbench.errors.BCTBenchError`
+    when the benchmark has no readable results.
+    """
+    renderer = _RENDERERS.get(fmt)
+    if renderer is None:
+        raise ConfigError(f"unknown leaderboard format '{fmt}'; valid: {', '.join(sorted(_RENDERERS))}")
+    board = load_board(results_root, benchmark, reference_root, strict=strict)
+    results = [e.result for e in board.entries]
+    if not results:
+        where = " or ".join(str(Path(r)) for r in (results_root, reference_root) if r is not None)
+        raise BCTBenchError(f"no readable, comparable results for benchmark '{benchmark}' under {where}")
+    if is_sequential(results):
+        return _render_sequential(board, fmt, out)
+    df = results_frame(results, keys=[e.row for e in board.entries])
+    if not (df["kind"] == "metric").any():
+        raise BCTBenchError(f"no readable results for benchmark '{benchmark}'")
+    lb = leaderboard(board.entries, apart=board.apart, code_versions=board.code_versions)
+    text = renderer(lb)
+    if out is not None:
+        out_path = Path(out)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(text, encoding="utf-8")
+    if plots_dir is not None:
+        plot_leaderboard(df, plots_dir, lb, curve_methods=curve_methods)
+    return text
+
+
+def _render_sequential(board, fmt: str, out: str | os.PathLike | None) -> str:
+    renderer = _SEQ_RENDERERS.get(fmt)
+    if renderer is None:
+        raise ConfigError(
+            f"format '{fmt}' is not available for sequential benchmarks; valid: {', '.join(sorted(_SEQ_RENDERERS))}"
+        )
+    lb = sequential_leaderboard(board.entries)
+    text = renderer(lb)
+    if fmt in ("md", "markdown") and board.apart:
+        text += "\nShown apart, not averaged:\n" + "".join(f"- {reason}\n" for reason in board.apart)
+    if out is not None:
+        out_path = Path(out)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(text, encoding="utf-8")
+    return text

@@ -1,0 +1,239 @@
+"""Single runs: fit one method against the old model of a seed, evaluate, write the RunResult; and the loop
+over methods × seeds."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from bctbench.config import (
+    method_annotations,
+    parse_set_options,
+    split_overrides,
+)
+from bctbench.errors import BCTBenchError
+from bctbench.pipeline.context import (
+    RunContext,
+    Runtime,
+    _jsonable,
+    _primary_process,
+    _workers,
+    check_writable,
+    isolated_rng,
+)
+from bctbench.pipeline.dataset import (
+    _check_dataset_unchanged,
+    build_datamodule,
+    dataset_fingerprint,
+    ensure_dataset,
+    load_eval_sets,
+    split_sha256,
+)
+from bctbench.pipeline.method_setup import (
+    _build_method,
+    _check_old_unchanged,
+    _eval_variants,
+    _flags,
+    _identities,
+    artifact_store,
+    evaluate_method,
+    method_hparams_digest,
+    method_parameters,
+)
+from bctbench.pipeline.old_model import ensure_old_model
+from bctbench.pipeline.sequential import run_sequential
+from bctbench.pipeline.trainer import (
+    _callbacks,
+    _commit,
+    _cpu_threads,
+    _fit,
+    _prepare_work,
+    _trainer,
+    training_precision,
+)
+
+log = logging.getLogger("bctbench")
+
+
+def run(
+    ctx: RunContext,
+    method_name: str,
+    *,
+    seed: int = 0,
+    overrides: list[str] | None = None,
+    runtime: Runtime | None = None,
+):
+    """Train, evaluate and record one (method, seed) run; returns the written :class:`RunResult`."""
+    import lightning.pytorch as pl
+
+    from bctbench import tracking
+    from bctbench.registry import get_method
+    from bctbench.results import RunResult, collect_provenance, write_result
+
+    runtime = runtime or Runtime()
+    cls = get_method(method_name)  # unknown names fail here, before any work
+    params = method_parameters(cls)
+    method_kw, runtime_kw = split_overrides(
+        parse_set_options(overrides), params, cls.name, method_annotations(cls)
+    )
+    if "seed" in runtime_kw:
+        seed = int(runtime_kw.pop("seed"))
+    runtime = runtime.apply(runtime_kw)
+    spec = ctx.spec
+    if spec.sequential_steps > 1:
+        return run_sequential(ctx, cls, method_kw, seed=seed, runtime=runtime)
+    timings: dict[str, float] = {}
+
+    t0 = time.time()
+    check_writable(ctx.results_root, ctx.cache_root)
+    ensure_dataset(ctx)
+    dataset_sha256 = dataset_fingerprint(ctx)
+    eval_sets = load_eval_sets(ctx)  # every input is validated before training
+    _cpu_threads(ctx, runtime)
+    old_ref = ensure_old_model(ctx, runtime, seed=seed)  # seed k trains against old model k
+    timings["old_model"] = time.time() - t0
+
+    pl.seed_everything(seed, workers=True, verbose=False)
+    dm = build_datamodule(ctx, "new", runtime, seed)
+    dm.prepare_data()
+    dm.setup("fit")
+    model = _build_method(ctx, cls, method_kw, dm, old_ref, spec.models.old_backbone)
+    t0 = time.time()
+    if cls.required_artifacts:
+        with isolated_rng():  # cold and warm artefact caches leave the same random state for training
+            model.prepare_artifacts(artifact_store(ctx, model, dm, runtime))
+    timings["artifacts"] = time.time() - t0
+
+    hparams = {k: v for k, v in model.hparams.items() if k != "setup"}
+    digest = method_hparams_digest(cls, hparams)
+    run_dir = ctx.run_dir(cls.name, seed, digest)
+    provenance = {
+        "method": cls.name,
+        "seed": seed,
+        "old_identity": old_ref.identity,
+        "benchmark_sha256": spec.sha256,
+        "dataset_sha256": dataset_sha256,
+        "split_sha256": split_sha256(ctx),
+        "hparams_digest": digest,
+    }
+    work, ckpt_path = _prepare_work(run_dir, runtime.resume, provenance)
+    config = {
+        "benchmark": spec.name,
+        "benchmark_sha256": spec.sha256,
+        "method": cls.name,
+        "seed": seed,
+        "method_hparams": hparams,
+        "hparams_digest": digest,
+        "old_identity": old_ref.identity,
+        "spec": spec.to_dict(),
+    }
+    if _primary_process():
+        (work / "config.json").write_text(json.dumps(config, indent=2, default=str))
+    logger = tracking.make_wandb_logger(
+        cls.name, spec.name, seed, config, ctx.results_root.parent / "wandb-runs", enabled=runtime.wandb
+    )
+    if logger is None:
+        from lightning.pytorch.loggers import CSVLogger
+
+        logger = CSVLogger(str(work), name="logs")
+    from bctbench.resume import ResumeState
+
+    resume_state = ResumeState(provenance)
+    trainer = _trainer(
+        ctx,
+        runtime,
+        max_epochs=spec.training.epochs,
+        default_root_dir=work,
+        logger=logger,
+        callbacks=[*_callbacks(work, with_lr_monitor=True), resume_state],
+    )
+    t0 = time.time()
+    _fit(trainer, model, dm, ckpt_path)
+    timings["fit"] = time.time() - t0
+    _check_old_unchanged(model.old, old_ref)
+
+    if trainer.global_rank != 0 and trainer.world_size > 1:
+        return None
+    t0 = time.time()
+    encoders = model.encoders()
+    report = evaluate_method(ctx, runtime, model, encoders, eval_sets=eval_sets)
+    timings["evaluate"] = time.time() - t0
+    _check_dataset_unchanged(ctx, dataset_sha256)
+
+    prov = collect_provenance()
+    result = RunResult(
+        benchmark=spec.name,
+        method=cls.name,
+        seed=seed,
+        metrics=report.rows,
+        curves={"backfill": report.curves, "backfill_mode": cls.backfill_mode},
+        primary=report.primary,
+        method_hparams=_jsonable(hparams),
+        flags=_flags(cls, hparams, spec),
+        benchmark_sha256=spec.sha256,
+        old_identity=old_ref.identity,
+        split_sha256=split_sha256(ctx),
+        hparams_digest=digest,
+        per_query=report.per_query,
+        git=prov.get("git", {}),
+        env={
+            **prov.get("env", {}),
+            "num_workers": _workers(ctx, runtime),
+            "precision": training_precision(ctx, runtime),
+        },
+        eval_variants={**_eval_variants(spec, dataset_sha256), "encoders": _identities(encoders)},
+        wandb_run=getattr(logger, "version", None) if logger.__class__.__name__ == "WandbLogger" else None,
+        timings=timings,
+        resumed=ckpt_path is not None,
+    )
+    path = write_result(result, ctx.results_root)
+    _commit(work, run_dir)
+    log.info("result written: %s", path)
+    if logger.__class__.__name__ == "WandbLogger":
+        tracking.log_run_result(result, path, save_dir=ctx.results_root.parent / "wandb-runs")
+    return result
+
+
+def run_all(
+    ctx: RunContext,
+    *,
+    methods: list[str] | None = None,
+    seeds: list[int] | None = None,
+    overrides: list[str] | None = None,
+    runtime: Runtime | None = None,
+    jobs: int | None = 1,
+    force: bool = False,
+) -> list[str]:
+    """Run every (method, seed); a failing run is reported and the others go on. Returns failed run names.
+
+    ``jobs == 1`` (default): in this process, one run after the other, every run redone (``force`` is
+    implied). ``jobs`` > 1, or None (automatic: one per GPU, else per CPU core): the subprocess queue of
+    :func:`bctbench.run_queue.run_queue`, which skips runs whose result exists with the current identities
+    (unless ``force``) and resumes interrupted ones."""
+    from bctbench.registry import list_methods
+
+    if jobs != 1:
+        from bctbench.run_queue import run_queue
+
+        return run_queue(
+            ctx, methods=methods, seeds=seeds, overrides=overrides, runtime=runtime, jobs=jobs, force=force
+        )
+    failed = []
+    for name in methods or list_methods():
+        for seed in seeds or list(ctx.spec.seeds):
+            try:
+                run(ctx, name, seed=seed, overrides=overrides, runtime=runtime)
+            except BCTBenchError as exc:
+                log.error("error: %s seed %d: %s", name, seed, exc)
+                failed.append(f"{name}/seed{seed}")
+    return failed
+
+
+def render_leaderboard(ctx: RunContext) -> str:
+    """The leaderboard of the run's benchmark: the results root's runs beside the reference results."""
+    from bctbench.leaderboard import render
+    from bctbench.paths import REFERENCE_ROOT, is_reference_root
+
+    reference = None if is_reference_root(ctx.results_root) else REFERENCE_ROOT
+    return render(ctx.results_root, ctx.spec.name, fmt="md", reference_root=reference)
