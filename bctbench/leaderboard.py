@@ -9,8 +9,8 @@ paired ✓/≈/✗ verdicts, tiers) → :func:`to_markdown` / :func:`to_csv` / :
 Columns, for each eval set at its *primary* (protocol, metric) taken from the results' ``primary`` field (no
 dataset names are hard-coded): ``cross`` = new→old (query by the row's model, gallery by the old model of the
 same seed) and ``self`` = new→new; the ``old→old`` row shows old model k's self-test over seeds k in both. Then
-the compatibility verdicts, AdvBCT's P_up, P_comp and P_1 (``docs``: evaluation), the backfilling AUC of the
-first eval set's primary metric per backfilling mode present, the row's backfilling summary and flags.
+the compatibility verdicts, AdvBCT's P_up, P_comp and P_1 (``docs/evaluation.md`` §5.2), the backfilling AUC
+of the first eval set's primary metric per backfilling mode present, the row's backfilling summary and flags.
 
 Numbers in the DataFrame are raw (mAP and AUC as fractions, P-metrics in 0–100); renderers show mAP and AUC
 ×100 with two decimals as ``mean ± CI half-width (n)``.
@@ -1029,7 +1029,7 @@ def sequential_to_markdown(lb: pd.DataFrame) -> str:
         "trained by the row's method with its predecessor frozen as the old model.",
         "Cells: mean ± half-width of the 95 % CI over seeds (t interval; n seeds), ×100. gi→gj: query embedded by generation i, gallery by generation j "
         "(gi→gi: self-test). AC: share of pairs i > j with gi→gj > gj→gj; AA: mean of all entries i ≥ j "
-        "(evaluation.md §5.3), per seed, then over seeds.",
+        "(docs/evaluation.md §5.3), per seed, then over seeds.",
     ]
     return "\n".join(lines) + "\n"
 
