@@ -1,6 +1,6 @@
 """Old-model artefacts, computed once per (old checkpoint, split) and cached by content hash.
 
-Kinds (methods.md §2, §13):
+Kinds (docs/methods.md §2, §13):
 
 * ``old_classifier`` — ``weight: float[C_old, d]`` (W_o, frozen).
 * ``old_features_new`` — old embeddings of every image of the new training set, L2-normalised, stored as

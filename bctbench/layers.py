@@ -1,9 +1,11 @@
 """Small reusable layers: gradient reversal, the DANN schedule, the AdvBCT discriminator head and the online
 backfilling reverse transformation.
 
-The first four implement ``methods.md`` §9.1 (AdvBCT adversarial part) **[official code: Ashespt/AdvBCT
+The first four implement ``docs/methods.md`` §9.1 (AdvBCT adversarial part) **[official code: Ashespt/AdvBCT
 ``models/modules.py``, ``models/base_model.py``, ``trainer/trainer.py``]**, re-written for bctbench.
 :class:`ReverseTransform` is the ψ module of §12.1 **[reconstruction]** (Seo et al. publish no code).
+
+Bare § numbers in this module refer to ``docs/methods.md``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Shared, tested compatibility-loss math called by the method plugins.
 
-Conventions (``methods.md`` §0.2, §14):
+Conventions (``docs/methods.md`` §0.2, §14):
 
 * Rows are samples. ``*_n`` arguments are **L2-normalised** ``Tensor[B, d]`` features (not re-normalised here);
   ``*_embedding`` arguments are raw post-BN embeddings φ(x).
@@ -11,6 +11,8 @@ Conventions (``methods.md`` §0.2, §14):
   ``gradcheck``) with autocast disabled (τ = 0.01 logits overflow fp16/bf16, §14). Returned losses are scalars
   of that dtype.
 * Empty subsets give a graph-connected zero (the masked terms still take part in the graph), never NaN.
+
+Bare § numbers in this module refer to ``docs/methods.md``.
 """
 
 from __future__ import annotations

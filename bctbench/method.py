@@ -176,9 +176,10 @@ class CompatibilityMethod(pl.LightningModule):
     needs_custom_old_model: ClassVar[bool] = False
     #: True if the method handles ``embed_dim != old embed_dim`` itself (e.g. with a learned transform).
     handles_dim_mismatch: ClassVar[bool] = False
-    #: The backfilling mode the method is designed for (evaluation.md §6.1): ``"mixed"`` (new queries against a
-    #: gallery of old and new embeddings) or ``"merge"`` (distance rank merge of an old-space and a new-space
-    #: search). The evaluator computes every mode of the benchmark; this one is the method's headline curve.
+    #: The backfilling mode the method is designed for (docs/evaluation.md §6.1): ``"mixed"`` (new queries
+    #: against a gallery of old and new embeddings) or ``"merge"`` (distance rank merge of an old-space and a
+    #: new-space search). The evaluator computes every mode of the benchmark; this one is the method's
+    #: headline curve.
     backfill_mode: ClassVar[str] = "mixed"
 
     def __init__(self, setup: MethodSetup | Mapping[str, Any]) -> None:

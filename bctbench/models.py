@@ -1,6 +1,6 @@
 """Backbones, the embedding neck and the classifier.
 
-Embedding (methods.md §1): backbone → global pooled features ``[B, F]`` → ``Linear(F, d, bias=False)`` →
+Embedding (docs/methods.md §1): backbone → global pooled features ``[B, F]`` → ``Linear(F, d, bias=False)`` →
 ``BatchNorm1d(d)``; the embedding is the BN output, **not** L2-normalised. The classifier is
 ``Linear(d, C, bias=False)``.
 

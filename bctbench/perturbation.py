@@ -1,4 +1,4 @@
-"""Shared plugin base of the prototype-perturbation methods (``ndpp``, ``odpp``; methods.md §10–11,
+"""Shared plugin base of the prototype-perturbation methods (``ndpp``, ``odpp``; docs/methods.md §10–11,
 reconstructions): the state, artefacts, loss and epoch hook they have in common. A subclass defines its
 hyperparameters in ``__init__`` (calling :meth:`_init_pseudo_prototypes`) and :meth:`update_perturbation`.
 

@@ -8,6 +8,8 @@ solves); there is no Python loop over classes except over the few classes that e
 (the kNN graph and the NDPP/ODPP functions loop over fixed-size blocks of classes only, to bound memory).
 Features are rows: ``Tensor[N, d]``; labels are ``int64[N]`` in ``0..C-1``; per-class buffers are dense ``[C]``
 or ``[C, d]``.
+
+Bare § numbers in this module refer to ``docs/methods.md``.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ def class_means(
 
 
 class IQRStats(NamedTuple):
-    """Dense per-class statistics of the 1.5-IQR-kept list (``methods.md`` §2.1 step 4–5).
+    """Dense per-class statistics of the 1.5-IQR-kept list (``docs/methods.md`` §2.1 step 4–5).
 
     ``v_min``/``v_max``/``v_med``: ``[C]`` in the dtype of the values (0 for classes without samples);
     ``n_kept``: ``int64[C]``.
@@ -447,7 +449,7 @@ class EMAPrototypeBank(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Prototype perturbation: NDPP / ODPP (methods.md §10–11, whole design [reconstruction])
+# Prototype perturbation: NDPP / ODPP (docs/methods.md §10–11, whole design [reconstruction])
 # ---------------------------------------------------------------------------------------------------------------
 #
 # Shapes: C classes, d dimensions, K neighbours per class. ``neighbors`` int64[C, K] is the fixed old kNN graph

@@ -1,6 +1,6 @@
 """Method registry: name -> ``CompatibilityMethod`` subclass.
 
-Resolution order of :func:`get_method` (architecture §3):
+Resolution order of :func:`get_method` (docs/architecture.md §3):
 
 1. already registered (``@register_method``);
 2. built-in file ``methods/<name>.py``, imported lazily;

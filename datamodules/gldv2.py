@@ -1,7 +1,7 @@
 """Google Landmarks v2 (GLDv2): strict CSV readers, allocation split files, the retrieval eval set and the
 training ``GLDv2DataModule``.
 
-Layout (``data_formats.md`` §1-2, §5): ``<gldv2_root>/{train,index,test}/<a>/<b>/<c>/<id>.jpg`` with
+Layout (``docs/data_formats.md`` §1-2, §5): ``<gldv2_root>/{train,index,test}/<a>/<b>/<c>/<id>.jpg`` with
 ``<a><b><c>`` the first three characters of the 16-character lowercase hex id; the metadata CSVs
 (``train_clean.csv``, ``index.csv``, ``test.csv``, ``retrieval_solution_v2.1.csv``) in ``<gldv2_root>``
 itself or in its ``metadata/`` or ``ground_truth/`` folder.
@@ -17,6 +17,8 @@ Split files (default folder ``<gldv2_root>/splits``), written by :func:`prepare_
 
 Every problem with the files raises a one-line :class:`~bctbench.errors.DataError` naming the file and the
 line, id or column.
+
+Bare § numbers in this module refer to ``docs/data_formats.md``.
 """
 
 from __future__ import annotations
@@ -431,7 +433,7 @@ def prepare_split(
         "allocation": allocation,
         "source_list": src.name,
         "source_sha256": _sha256(src),
-        "label_list": "train_clean.csv derivation (data_formats.md §3.2)",
+        "label_list": "train_clean.csv derivation (docs/data_formats.md §3.2)",
         "ratio": ratio,
         "seeds": {"class_seed": CLASS_SEED, "data_base_seed": DATA_BASE_SEED},
         "num_classes": n_classes,

@@ -1,4 +1,4 @@
-"""Revisited ROxford5k / RParis6k eval sets (``data_formats.md`` §6, ``evaluation.md`` §3.2).
+"""Revisited ROxford5k / RParis6k eval sets (``docs/data_formats.md`` §6, ``docs/evaluation.md`` §3.2).
 
 Accepted layouts (the first that has the pickle wins):
 

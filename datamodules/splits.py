@@ -1,8 +1,8 @@
-"""Old/new split logic of the allocations (``data_formats.md`` §4), pure NumPy/pandas, no I/O.
+"""Old/new split logic of the allocations (``docs/data_formats.md`` §4), pure NumPy/pandas, no I/O.
 
 Inputs are a *source list*: a DataFrame with columns ``image_id`` (str) and ``label`` (int, the original
 class index 0..C-1, contiguous) whose rows are ordered by label, then within-class list order (GLDv2: the
-derivation of ``data_formats.md`` §3.2). Every allocation returns one row per source row, **in source
+derivation of ``docs/data_formats.md`` §3.2). Every allocation returns one row per source row, **in source
 order** (row ``i`` of a split is row ``i`` of the source list), so a split CSV row index is a stable image
 index.
 
@@ -21,7 +21,9 @@ index in step ``k``'s label space, -1 if the class is absent at step ``k``; a cl
 into the standard schema.
 
 RNG: NumPy's legacy ``RandomState`` (MT19937), exactly as the reference ``np.random.seed`` +
-``np.random.shuffle`` (never ``default_rng``). Golden values: ``data_formats.md`` §8.
+``np.random.shuffle`` (never ``default_rng``). Golden values: ``docs/data_formats.md`` §8.
+
+Bare § numbers in this module refer to ``docs/data_formats.md``.
 """
 
 from __future__ import annotations

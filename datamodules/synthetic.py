@@ -1,7 +1,7 @@
 """Embedded synthetic landmark dataset, written in the real GLDv2 and revisited on-disk formats.
 
 Real GLDv2 / ROxford5k cannot be downloaded here, so the default benchmark runs on procedurally generated
-"landmarks". The files follow ``data_formats.md`` §1, §2, §5 and §6 exactly, so the real loaders
+"landmarks". The files follow ``docs/data_formats.md`` §1, §2, §5 and §6 exactly, so the real loaders
 (``datamodules/gldv2.py``, ``datamodules/revisited.py``) are what reads them.
 
 Layout under ``<data_root>/<name>/``::

@@ -7,7 +7,7 @@ Module docstring checklist (reviewers look for it):
 * Configuration mapping: reference config key -> this plugin's argument.
 * Every deviation from the reference, with its reason and the flag that turns it off.
 
-Rules (architecture.md §4, §12):
+Rules (docs/architecture.md §4, §12):
 
 * Import only the public API: ``from bctbench import ...`` (shared math: ``bctbench.losses``,
   ``bctbench.layers``, ``bctbench.prototypes``). Never import another plugin or a private module.

@@ -2,7 +2,7 @@
 
 Paper: Pan, Xu, Yang, He, Jiang, Guo, Qian, Zhang, Cheng, Yang, Chu, "Boundary-aware Backward-Compatible
 Representation via Adversarial Learning in Image Retrieval", CVPR 2023, https://arxiv.org/abs/2305.02610
-(methods.md §9).
+(docs/methods.md §9).
 
 Reference code [official code]: Ashespt/AdvBCT (MIT) — ``models/base_model.py`` (discriminator, elastic
 boundary), ``models/modules.py`` (gradient reversal), ``trainer/trainer.py`` (``adv_compatible``,
@@ -27,7 +27,7 @@ Configuration mapping: ``TRAIN.THRESHOLD`` → ``threshold`` (1.0; the ``default
 config); ``COMP_LOSS.ELASTIC_BOUNDARY`` → ``elastic`` (``"learnable"``); ``COMP_LOSS.WEIGHT`` is not applied
 (as in the reference). Needs an old forward on every batch (D's old input).
 
-Faithful defaults and the flags that turn each known weakness off (methods.md §9.4–9.5):
+Faithful defaults and the flags that turn each known weakness off (docs/methods.md §9.4–9.5):
 
 * ``disc_bn="per_domain"`` (reference: D runs twice, so its BN normalises each domain with its own batch
   statistics, hiding per-unit mean/variance gaps) | ``"joint"`` (one forward of [R_α(φ_n); φ_o]) | ``"none"``
@@ -51,6 +51,8 @@ Readings and deviations (no flag):
 * α and w_e use E = ``setup.max_epochs`` (the protocol's epochs) and I = the trainer's batches per epoch.
 * The old model stays frozen in eval mode (bit-identical after every step); the reference's SyncBN conversion
   of D is the Trainer's ``sync_batchnorm`` (D is part of this LightningModule).
+
+Bare § numbers in this module refer to ``docs/methods.md``.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Paper: Shen, Xiong, Xia, Soatto, "Towards Backward-Compatible Representation Learning", CVPR 2020,
 https://arxiv.org/abs/2003.11942. No official code; defaults follow the first author's non-official
 re-implementation YantaoShen/openBCT (``main.py``, ``ClassifierGenerator``) and the benchmark code of
-TencentARC/OpenCompatible / Ashespt/AdvBCT (``trainer/trainer.py``) — methods.md §4.
+TencentARC/OpenCompatible / Ashespt/AdvBCT (``trainer/trainer.py``) — docs/methods.md §4.
 
 L = CE(W_n φ_n(x), y) + λ · CE(W̃_o φ_n(x), ỹ), W̃_o = [W_o ; S] (frozen old classifier rows, plus synthesized
 rows S_k = P^o_k, the mean of L2-normalised old features of class k over the new training set, for classes

@@ -2,7 +2,7 @@
 the hardest old embeddings of other classes (gathered across processes) are negatives.
 
 Source: TencentARC/OpenCompatible ``model/loss.py`` ``BackwardCompatibleLoss`` type ``contra`` [official
-code], copied into Ashespt/AdvBCT ``models/loss.py`` (methods.md §5):
+code], copied into Ashespt/AdvBCT ``models/loss.py`` (docs/methods.md §5):
 z_i = [⟨f̂_n,i, f̂_o,i⟩, top-k_j(⟨f̂_n,i, F_o,j⟩ − 10⁹·1[y_i = y_j])] / τ, L_comp = CE(z, 0).
 
 Configuration mapping: ``temp`` → ``temperature`` (0.01), ``topk_neg`` → ``topk_neg`` (10), ``weight`` →

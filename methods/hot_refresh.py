@@ -2,7 +2,7 @@
 
 Paper: Zhang, Ge, Shen, Li, Yuan, Xu, Wang, Shan, "Hot-Refresh Model Upgrades with Regression-Free Compatible
 Training in Image Retrieval", ICLR 2022, https://openreview.net/forum?id=HTp-6yLGGX (arXiv 2201.09724 titles it
-"Regression-Alleviating") — methods.md §8.
+"Regression-Alleviating") — docs/methods.md §8.
 
 Reference code: TencentARC/OpenCompatible ``model/loss.py`` (``BackwardCompatibleLoss``, ``comp_loss_type
 contra_ract``) [official code]; Ashespt/AdvBCT ``hot_refresh`` is identical. Loss (shared, tested:
@@ -15,7 +15,7 @@ as in the official ``dist.all_gather``. Logits and the CE are computed in fp32 (
 Configuration mapping: ``config.json`` ``temp`` → ``temperature`` (0.01); ``--comp_loss_topk`` → ``topk`` (10,
 per negative block); ``comp_loss_weight`` → ``weight`` (1.0). Needs an old forward on every batch.
 
-Backfilling order (evaluation.md §6.2) — :meth:`HotRefresh.backfill_orders` provides ``"uncertainty"``:
+Backfilling order (docs/evaluation.md §6.2) — :meth:`HotRefresh.backfill_orders` provides ``"uncertainty"``:
 descending entropy H(softmax(W_o φ_o(g))) of the frozen old classifier posterior over the gallery, ties by lower
 index. The paper's "uncertainty-based backfilling" formula is not public: this order is a **reconstruction**.
 
@@ -30,6 +30,8 @@ Readings and deviations:
   running statistics match the data). The per-item raw norm is not available to the evaluator.
 * Under DDP each rank tracks the norm of its own shard; DDP broadcasts buffers from rank 0, which evaluates.
 * Random backfilling orders (the AdvBCT protocol) are added by the evaluator itself.
+
+Bare § numbers in this module refer to ``docs/methods.md``.
 """
 
 from __future__ import annotations

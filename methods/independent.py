@@ -1,9 +1,10 @@
 """``independent`` — the new model trained without any compatibility term (φ*, the "paragon").
 
-L = CE(W_n φ_n(x), y) (methods.md §3, [official code]: the φ* rows of the AdvBCT table). It is the reference
-row of the leaderboard: P_up/P_comp and the update gain are measured against its new→new mAP, and its
-new→old mAP shows what "no compatibility" looks like (near chance). Its backfilling mode is ``merge``
-(training-free distance rank merge, evaluation.md §6.1): a gallery mixing incompatible spaces is meaningless.
+L = CE(W_n φ_n(x), y) (docs/methods.md §3, [official code]: the φ* rows of the AdvBCT table). It is the
+reference row of the leaderboard: P_up/P_comp and the update gain are measured against its new→new mAP, and
+its new→old mAP shows what "no compatibility" looks like (near chance). Its backfilling mode is ``merge``
+(training-free distance rank merge, docs/evaluation.md §6.1): a gallery mixing incompatible spaces is
+meaningless.
 """
 
 from __future__ import annotations

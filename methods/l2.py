@@ -2,7 +2,7 @@
 
 Source: ``BackwardCompatibleLoss`` / ``calculate_loss`` in TencentARC/OpenCompatible ``model/loss.py``
 [official code of the Hot-refresh authors' benchmark], copied into Ashespt/AdvBCT ``models/loss.py``
-(methods.md §5). L = CE(W_n φ_n, y) + weight · mean_{B·d}(f̂_n − f̂_o)².
+(docs/methods.md §5). L = CE(W_n φ_n, y) + weight · mean_{B·d}(f̂_n − f̂_o)².
 
 Configuration mapping: ``COMP_LOSS.WEIGHT`` → ``weight`` (1.0, faithful). The ℓ2 term is tiny (≤ 4/d);
 MixBCT uses λ = 10 "to match loss scale" — set ``--set weight=10`` to reproduce that; the default stays

@@ -2,7 +2,7 @@
 features inside the old class boundaries.
 
 Paper: Meng, Zhang, Xu, Zhou, "Learning Compatible Embeddings", ICCV 2021, https://arxiv.org/abs/2108.01958
-(methods.md §6).
+(docs/methods.md §6).
 
 Reference code:
 
@@ -28,7 +28,7 @@ Deviations and readings (each with its flag):
 
 * ``bound_on_raw_feature=False`` (default): the official boundary term uses the **raw** BN feature g_i = φ_n
   (clamped dot product); bctbench uses the normalised f̂_n, as the paper states the constraint as an angle on
-  normalised features. ``True`` restores the official code (methods.md §6.1).
+  normalised features. ``True`` restores the official code (docs/methods.md §6.1).
 * Official RBT transformation modules and the ArcFace(s = 16, m = 0.1) ReID head are not used: the protocol
   pins d_new = d_old and softmax CE (no flag; ``handles_dim_mismatch`` stays False).
 * ``variant="advbct"``: the metadata is indexed by **old** label; it is mapped to new labels through
@@ -40,6 +40,8 @@ Deviations and readings (each with its flag):
   aligns the whole classifier); classes without samples (possible only with a subsampled list) are excluded
   instead of contributing a zero centre.
 * No per-batch old forward (``needs_old_forward=False``): the AdvBCT trainer runs one anyway and discards it.
+
+Bare § numbers in this module refer to ``docs/methods.md``.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 prototypes pushed away from their nearest old neighbours where the new model already separates them better.
 
 Paper: Zhou, Sun, Pei, Li, Wang, "Prototype Perturbation for Relaxing Alignment Constraints in Backward-Compatible
-Learning", https://arxiv.org/abs/2503.14824 (methods.md §10). **No public code.**
+Learning", https://arxiv.org/abs/2503.14824 (docs/methods.md §10). **No public code.**
 
-**This plugin is a RECONSTRUCTION from the paper's abstract** (methods.md §10.1, every item tagged
+**This plugin is a RECONSTRUCTION from the paper's abstract** (docs/methods.md §10.1, every item tagged
 [reconstruction]). The abstract confirms only the idea: perturb the old class prototypes, align the new feature
 space with the pseudo-old space they define, compute the perturbation from the feature distributions of both
 the old and the new model, updated along with the new model; NDPP is the neighbour-driven variant. The paper's
@@ -31,7 +31,7 @@ Definition (§10.1):
 * Logged per update: ``train/ndpp/delta_norm`` (mean ‖δ_k‖ over seen classes with ε_k > 0),
   ``train/ndpp/on_bound`` (fraction of those with ‖δ_k‖ = ε_k) and ``train/ndpp/mean_gain``.
 
-Hyperparameters (methods.md §10.1 symbol → argument, default):
+Hyperparameters (docs/methods.md §10.1 symbol → argument, default):
 
 * K → ``k`` (10; clamped to the number of other classes), τ_nb → ``tau_nb`` (0.1), η → ``eta`` (1.0),
   ε → ``epsilon`` (0.1, sweep {0.05, 0.1, 0.2}), ρ → ``rho`` (0.5), μ (EMA) → ``ema`` (0.9),
@@ -43,6 +43,8 @@ never chosen as neighbours); the perturbation is computed identically on every r
 
 State: the bank (``bank.bank``, ``bank.seen``) and the pseudo-old prototypes ``pseudo_prototypes`` are persistent
 buffers (a resumed run keeps them); p^o, the graph and the bounds are rebuilt by :meth:`NDPP.prepare_artifacts`.
+
+Bare § numbers in this module refer to ``docs/methods.md``.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ class NDPP(PseudoOldPrototypeMethod):
         "Zhou et al., Prototype Perturbation for Relaxing Alignment Constraints in Backward-Compatible Learning, "
         "https://arxiv.org/abs/2503.14824 (NDPP; reconstruction from the abstract)"
     )
-    reference_code = "none public (reconstruction, methods.md §10)"
+    reference_code = "none public (reconstruction, docs/methods.md §10)"
     needs_old_forward = False
     required_artifacts = frozenset({"class_means_new", "old_features_new"})
 

@@ -2,16 +2,16 @@
 by solving a small bounded optimisation problem over perturbations of the old class prototypes.
 
 Paper: Zhou, Sun, Pei, Li, Wang, "Prototype Perturbation for Relaxing Alignment Constraints in Backward-Compatible
-Learning", https://arxiv.org/abs/2503.14824 (methods.md §11). **No public code.**
+Learning", https://arxiv.org/abs/2503.14824 (docs/methods.md §11). **No public code.**
 
-**This plugin is a RECONSTRUCTION from the paper's abstract** (methods.md §11, every item tagged
+**This plugin is a RECONSTRUCTION from the paper's abstract** (docs/methods.md §11, every item tagged
 [reconstruction]). The abstract confirms only the idea: perturb the old class prototypes, align the new feature
 space with the pseudo-old space they define, compute the perturbation from the feature distributions of both
 the old and the new model, updated along with the new model; ODPP is the optimisation-driven variant. The paper's
 objective, solver, loss and hyperparameters are not public; the definitions and defaults below are bctbench's
 design, not the authors'. Results of this plugin must not be reported as a reproduction of the paper.
 
-Definition (§11; inputs, loss and bank as ``ndpp``, methods.md §10.1):
+Definition (§11; inputs, loss and bank as ``ndpp``, docs/methods.md §10.1):
 
 * Old prototypes p^o_k = normalise(P^o_k) (artefact ``class_means_new``), fixed old kNN graph N_k (K nearest other
   classes by old cosine), EMA bank of new features updated at every step from features gathered across processes
@@ -30,7 +30,7 @@ Definition (§11; inputs, loss and bank as ``ndpp``, methods.md §10.1):
   returned Δ), ``train/odpp/delta_norm`` (mean ‖δ_k‖ over seen classes with ε_k > 0), ``train/odpp/on_bound``
   (fraction of those on the ball boundary, i.e. a saturated ε) and ``train/odpp/mean_gain``.
 
-Hyperparameters (methods.md §10.1/§11 symbol → argument, default):
+Hyperparameters (docs/methods.md §10.1/§11 symbol → argument, default):
 
 * K → ``k`` (10), ε → ``epsilon`` (0.1), ρ → ``rho`` (0.5), μ (EMA) → ``ema`` (0.9), s → ``scale`` (30),
   λ_pp → ``weight`` (1.0), start_epoch → ``start_epoch`` (1) — shared with ``ndpp``;
@@ -48,6 +48,8 @@ last bits). Needs no per-batch old forward.
 
 State: the bank, the pseudo-old prototypes ``pseudo_prototypes`` and Δ (``delta``, the warm start) are persistent
 buffers (a resumed run keeps them); p^o, the graph and the bounds are rebuilt by :meth:`ODPP.prepare_artifacts`.
+
+Bare § numbers in this module refer to ``docs/methods.md``.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ class ODPP(PseudoOldPrototypeMethod):
         "Zhou et al., Prototype Perturbation for Relaxing Alignment Constraints in Backward-Compatible Learning, "
         "https://arxiv.org/abs/2503.14824 (ODPP; reconstruction from the abstract)"
     )
-    reference_code = "none public (reconstruction, methods.md §11)"
+    reference_code = "none public (reconstruction, docs/methods.md §11)"
     needs_old_forward = False
     required_artifacts = frozenset({"class_means_new", "old_features_new"})
 

@@ -4,9 +4,9 @@ be merged by distance while the gallery is being backfilled.
 
 Paper: Seo, Uzunbas, Han, Cao, Lim, "Metric Compatible Training for Online Backfilling in Large-Scale Retrieval",
 WACV 2025, pp. 1537–1545, https://arxiv.org/abs/2301.03767 (v1: "Online Backfilling with No Regret for
-Large-Scale Image Retrieval"); ``methods.md`` §12. **No public code**: this plugin is a **RECONSTRUCTION**
-(``methods.md`` §12.1, every item tagged [reconstruction]); architecture, sampler, optimiser, loss weights and
-the evaluation wiring below are bctbench choices, not the authors'.
+Large-Scale Image Retrieval"); ``docs/methods.md`` §12. **No public code**: this plugin is a
+**RECONSTRUCTION** (``docs/methods.md`` §12.1, every item tagged [reconstruction]); architecture, sampler,
+optimiser, loss weights and the evaluation wiring below are bctbench choices, not the authors'.
 
 What it does:
 
@@ -46,14 +46,16 @@ What it does:
   the last ψ epoch), ``psi_rev_mean``, ``psi_mc_mean`` (means over all ψ steps), ``psi_loss_final``.
 * **Encoders.** ``old`` (φ_o), ``new`` (φ*, or h∘φ*), ``new->old`` (ψ∘normalise(φ*)); unit-norm float32 outputs,
   identities are module digests. The evaluator uses ``new->old`` as the old-space query of merge-mode
-  backfilling and scores the pair new->old → old (``evaluation.md`` §6). §12.1 mentions an optional separate
-  ``new_h`` encoder; here h∘φ* *replaces* ``new`` (the paper's "its output replaces the new model's features"),
-  so merge mode and new→new use it; there is no separate ``new_h`` key.
+  backfilling and scores the pair new->old → old (``docs/evaluation.md`` §6). §12.1 mentions an optional
+  separate ``new_h`` encoder; here h∘φ* *replaces* ``new`` (the paper's "its output replaces the new model's
+  features"), so merge mode and new→new use it; there is no separate ``new_h`` key.
 
 Hyperparameters and defaults: ``lambda_mc=1.0``, ``temperature=0.05``, ``hard_negatives=None`` (§12.1's optional
 mining uses 64), ``psi_hidden=1024``, ``psi_epochs=10``, ``psi_classes_per_batch=64``,
 ``psi_samples_per_class=4``, ``psi_lr=1e-3``, ``psi_weight_decay=1e-4``, ``psi_seed=0``,
 ``learn_new_embedding=False``.
+
+Bare § numbers in this module refer to ``docs/methods.md``.
 """
 
 from __future__ import annotations
@@ -143,7 +145,7 @@ class OnlineBackfill(CompatibilityMethod):
         "Seo et al., Metric Compatible Training for Online Backfilling in Large-Scale Retrieval, WACV 2025, "
         "https://arxiv.org/abs/2301.03767 (reconstruction, no public code)"
     )
-    reference_code = "none (no public code); reconstruction, methods.md §12.1"
+    reference_code = "none (no public code); reconstruction, docs/methods.md §12.1"
     needs_old_forward = False
     required_artifacts = frozenset({"old_features_new"})
     handles_dim_mismatch = True

@@ -2,8 +2,9 @@
 the same image than to the k nearest old embeddings of other classes, by a margin.
 
 Source: TencentARC/OpenCompatible ``model/loss.py`` ``BackwardCompatibleLoss`` type ``triplet`` [official
-code], copied into Ashespt/AdvBCT (methods.md §5): D_ij = sqrt(max(‖f̂_n,i − F_o,j‖², 10⁻¹²)); the positive is
-the local diagonal; negatives are the k smallest D_ij + 10⁹·1[y_i = y_j]; MarginRankingLoss(margin 0.8).
+code], copied into Ashespt/AdvBCT (docs/methods.md §5): D_ij = sqrt(max(‖f̂_n,i − F_o,j‖², 10⁻¹²)); the
+positive is the local diagonal; negatives are the k smallest D_ij + 10⁹·1[y_i = y_j];
+MarginRankingLoss(margin 0.8).
 
 Configuration mapping: ``triplet_margin`` → ``margin`` (0.8), ``topk_neg`` → ``topk_neg`` (10), ``weight``
 (1.0). Deviation: the positive always indexes the local diagonal (rank·B + i in the gathered batch); the

@@ -2,7 +2,7 @@
 structurally refined old prototypes.
 
 Paper: Zhang, Ge, Shen, Su, Wu, Yuan, Xu, Wang, Shan, "Towards Universal Backward-Compatible Representation
-Learning", IJCAI 2022, https://arxiv.org/abs/2203.01583 (methods.md §7). The paper's code pointer
+Learning", IJCAI 2022, https://arxiv.org/abs/2203.01583 (docs/methods.md §7). The paper's code pointer
 (TencentARC/OpenCompatible) holds no UniBCT code.
 
 Reference code [third-party]: yuleung/MixBCT ``BCT_Methods/UniBCT/refine_prototype.py`` (refinement, citing
@@ -47,6 +47,8 @@ dict (key ``"unibct_refined_prototypes"``) and restored by ``on_load_checkpoint`
 refinement epoch keeps them. The refinement pass runs the new embedder in eval mode (no BN statistics update)
 on the device it lives on; features are computed under DDP by every rank (sharded by the store) and the refined
 prototypes are broadcast from rank 0.
+
+Bare § numbers in this module refer to ``docs/methods.md``.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ def test_every_shipped_benchmark_loads_and_is_complete():
         spec = load_benchmark(name)
         assert isinstance(spec, BenchmarkSpec) and spec.name == name
         assert len(spec.sha256) == 64
-        # every protocol group of architecture.md section 5 is pinned
+        # every protocol group of docs/architecture.md §5 is pinned
         assert spec.data.allocation and spec.models.embed_dim and spec.training.epochs
         assert spec.training.image_size and spec.training.resize and spec.evaluation.eval_sets
         assert spec.old_model.epochs > 0

@@ -1,4 +1,4 @@
-"""Backfilling curves (evaluation.md §6): the gallery re-embedded progressively by the new model.
+"""Backfilling curves (docs/evaluation.md §6): the gallery re-embedded progressively by the new model.
 
 A backfill ``order`` is a permutation of the gallery rows; at fraction t the first ⌊t·N⌋ rows of the order
 carry new features. Prefixes of one permutation make the stages nested.
@@ -30,7 +30,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def random_order(n: int, seed: int = 0) -> np.ndarray:
-    """``numpy.random.default_rng(seed).permutation(n)`` (evaluation.md §6.2)."""
+    """``numpy.random.default_rng(seed).permutation(n)`` (docs/evaluation.md §6.2)."""
     return np.random.default_rng(seed).permutation(n).astype(np.int64)
 
 

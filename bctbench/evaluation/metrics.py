@@ -1,4 +1,4 @@
-"""Pure metric functions (NumPy only: no torch, no I/O, no logging). Specification: ``evaluation.md``.
+"""Pure metric functions (NumPy only: no torch, no I/O, no logging). Specification: ``docs/evaluation.md``.
 
 Orientation: every ``ranks`` argument is ``int64[n_queries, k]`` -- rows are queries, best first, values are
 gallery indices; ``k`` may be smaller than the gallery (truncated rankings). The revisited reference
@@ -12,6 +12,8 @@ Contents
 * Compatibility (§5): :func:`compatibility_scores` (AdvBCT P_up / P_comp / P_beta),
   :func:`compatibility_criterion`, :func:`update_gain`, :func:`multi_step_metrics` (AC / AA).
 * Backfilling (§6): :func:`backfill_auc`, :func:`relative_auc_gain`, :func:`negative_flip_rate`.
+
+Bare § numbers in this module refer to ``docs/evaluation.md``.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def _index_array(values: object) -> np.ndarray:
 
 
 def revisited_gnd(gnd: Sequence[Mapping], protocol: str) -> list[dict[str, np.ndarray]]:
-    """Per-query positives and ignored items of one revisited protocol (``evaluation.md`` §3.1).
+    """Per-query positives and ignored items of one revisited protocol (``docs/evaluation.md`` §3.1).
 
     ``gnd[i]`` holds ``easy``, ``hard`` and ``junk`` (0-based gallery indices; a missing key is empty).
     Returns ``[{"ok": int64[n_ok], "junk": int64[n_junk]}, ...]``, one per query:
@@ -258,7 +260,8 @@ def revisited_map(
     *,
     threads: int | None = None,
 ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
-    """Revisited mAP, per-query AP and mP@k, exactly as revisitop ``compute_map`` (``evaluation.md`` §3.3).
+    """Revisited mAP, per-query AP and mP@k, exactly as revisitop ``compute_map``
+    (``docs/evaluation.md`` §3.3).
 
     Args:
         ranks: ``int64[n_queries, k]`` gallery indices, rows = queries, best first; ``k`` may be smaller
@@ -333,7 +336,7 @@ def revisited_map(
 
 def revisited_top1_correct(ranks: np.ndarray, gnd: Sequence[Mapping]) -> np.ndarray:
     """``float[n_queries]``: 1.0 if the first non-junk item of the ranking is in ``ok``, else 0.0 (also when
-    the truncated ranking holds junk only); NaN for queries with empty ``ok`` (``evaluation.md`` §6.4).
+    the truncated ranking holds junk only); NaN for queries with empty ``ok`` (``docs/evaluation.md`` §6.4).
 
     Junk removal follows :func:`revisited_map` (an item in both ok and junk counts as a positive).
     """
@@ -439,7 +442,7 @@ def _gldv2_ap_and_map(
 def gldv2_ap_at_k(
     predictions: np.ndarray | Sequence[Sequence[int]], solution: Sequence[Sequence[int] | set], k: int = 100
 ) -> np.ndarray:
-    """Per-query GLDv2 retrieval AP@k, the official DELF definition (``evaluation.md`` §4.2).
+    """Per-query GLDv2 retrieval AP@k, the official DELF definition (``docs/evaluation.md`` §4.2).
 
     Args:
         predictions: ``int64[n_queries, >=k]`` (rows = queries, best first) or a list of per-query
@@ -506,7 +509,7 @@ def compatibility_scores(
     paragon_self: Mapping[str, float],
     beta: float = 1.0,
 ) -> dict:
-    """AdvBCT P_up, P_comp and P_beta (``evaluation.md`` §5.2), from per-eval-set mAPs.
+    """AdvBCT P_up, P_comp and P_beta (``docs/evaluation.md`` §5.2), from per-eval-set mAPs.
 
     Each argument maps eval-set name -> mAP (same keys; fractions or percent: the ratios are scale-free):
     ``self_new`` = M(new -> new), ``cross`` = M(new -> old), ``old_self`` = M(old -> old), ``paragon_self`` =
@@ -580,7 +583,7 @@ def p_scores(self_new, cross, old_self, paragon_self, beta: float = 1.0) -> dict
 def compatibility_criterion(
     cross: Mapping[str, float], self_new: Mapping[str, float], old_self: Mapping[str, float]
 ) -> dict:
-    """BCT empirical compatibility criterion (``evaluation.md`` §5.1), per eval set and overall.
+    """BCT empirical compatibility criterion (``docs/evaluation.md`` §5.1), per eval set and overall.
 
     (a) ``cross > old_self`` (M(new -> old) beats M(old -> old)); (b) ``self_new > old_self``. Strict
     inequalities; NaN compares False. Returns ``{"per_set": {d: {"a", "b", "a_and_b"}}, "a", "b",
@@ -601,7 +604,7 @@ def compatibility_criterion(
 
 
 def update_gain(cross, old_self, paragon_self):
-    """Update gain ``(cross - old_self) / (paragon_self - old_self)`` (``evaluation.md`` §5.1).
+    """Update gain ``(cross - old_self) / (paragon_self - old_self)`` (``docs/evaluation.md`` §5.1).
 
     Scalars give a float; mappings (eval set -> mAP, same keys) give ``{d: gain}``. NaN when paragon == old.
     """
@@ -612,7 +615,7 @@ def update_gain(cross, old_self, paragon_self):
 
 
 def multi_step_metrics(C) -> dict[str, float]:
-    """Average compatibility and accuracy of a sequence of T models (``evaluation.md`` §5.3).
+    """Average compatibility and accuracy of a sequence of T models (``docs/evaluation.md`` §5.3).
 
     ``C`` is ``float[T, T]`` with ``C[i][j] = M(phi_i -> phi_j)`` for ``i >= j`` (upper triangle ignored).
     ``AC = #{i > j : C[i][j] > C[j][j]} / (T (T - 1) / 2)`` (NaN for T = 1); ``AA`` = mean of the entries
@@ -634,7 +637,7 @@ def multi_step_metrics(C) -> dict[str, float]:
 
 
 def backfill_auc(fractions: Sequence[float], values: Sequence[float]) -> float:
-    """Trapezoidal area under a backfilling curve (``evaluation.md`` §6.3), no normalisation.
+    """Trapezoidal area under a backfilling curve (``docs/evaluation.md`` §6.3), no normalisation.
 
     ``fractions``: strictly increasing backfilled fractions in [0, 1] (default grid 0, 0.1, ..., 1);
     ``values``: the metric at each fraction. ``AUC = sum_i (t_{i+1} - t_i) (M_i + M_{i+1}) / 2``.
@@ -656,7 +659,7 @@ def relative_auc_gain(auc: float, old_self: float, paragon: float) -> float:
 
 
 def negative_flip_rate(correct_old, correct_new) -> float:
-    """Share of queries correct before and wrong after (``evaluation.md`` §6.4).
+    """Share of queries correct before and wrong after (``docs/evaluation.md`` §6.4).
 
     ``correct_old``, ``correct_new``: ``float[n]`` of 1.0 / 0.0 (or bool), NaN for queries without positives;
     queries that are NaN in either input are ignored (neither numerator nor denominator). NaN if none is left.

@@ -1,4 +1,4 @@
-"""Exact inner-product search with a reproducible ranking (``evaluation.md`` §2).
+"""Exact inner-product search with a reproducible ranking (``docs/evaluation.md`` §2).
 
 :func:`rank` returns ``int64[n_queries, k]``: **rows are queries**, best first, values are gallery row
 indices. Both inputs are L2-normalised inside (cosine similarity). The order is the stable sort on the

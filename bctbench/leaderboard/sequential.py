@@ -134,7 +134,7 @@ def sequential_to_markdown(lb: pd.DataFrame) -> str:
         "trained by the row's method with its predecessor frozen as the old model.",
         "Cells: mean ± half-width of the 95 % CI over seeds (t interval; n seeds), ×100. gi→gj: query embedded by generation i, gallery by generation j "
         "(gi→gi: self-test). AC: share of pairs i > j with gi→gj > gj→gj; AA: mean of all entries i ≥ j "
-        "(evaluation.md §5.3), per seed, then over seeds.",
+        "(docs/evaluation.md §5.3), per seed, then over seeds.",
     ]
     return "\n".join(lines) + "\n"
 

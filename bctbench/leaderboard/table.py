@@ -1,5 +1,6 @@
 """The leaderboard table: result files → a long frame → one row per run label and origin with 95 % CIs,
-paired ✓/≈/✗ compatibility verdicts, P_up/P_comp/P_1, backfilling AUCs and tiers.
+paired ✓/≈/✗ compatibility verdicts, P_up/P_comp/P_1 (``docs/evaluation.md`` §5.2), backfilling AUCs and
+tiers.
 
 Numbers in the DataFrame are raw (mAP and AUC as fractions, P-metrics in 0–100). Columns, for each eval
 set at its *primary* (protocol, metric) from the results' ``primary`` field: ``cross`` = new→old (gallery

@@ -184,7 +184,7 @@ def train_generation(
 def run_sequential(ctx: RunContext, cls: type, method_kw: dict[str, Any], *, seed: int, runtime: Runtime):
     """Sequential benchmark run: g0 (the shared old model), then g1 ... g{T-1} by the method, each with its
     immediate predecessor frozen as the old model; then the compatibility matrix over all generations
-    (``g{i} -> g{j}``, ``i >= j``) on every eval set plus AC / AA (``evaluation.md`` §5.3). Writes and returns
+    (``g{i} -> g{j}``, ``i >= j``) on every eval set plus AC / AA (``docs/evaluation.md`` §5.3). Writes and returns
     the :class:`RunResult`; the matrix summaries and each generation's provenance are in
     ``curves["sequential"]``."""
     from bctbench import tracking

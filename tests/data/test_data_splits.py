@@ -1,4 +1,4 @@
-"""Split logic: golden values of data_formats.md §8, rule tests, allocation schemas, sequential steps."""
+"""Split logic: golden values of docs/data_formats.md §8, rule tests, allocation schemas, sequential steps."""
 
 from __future__ import annotations
 

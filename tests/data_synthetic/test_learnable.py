@@ -1,10 +1,11 @@
 """The default synthetic dataset is learnable but not saturated (slow: about 2-3 minutes on a 2-core CPU).
 
-A four-conv-layer CNN (64 px input, 128-d embedding, softmax cross-entropy) is trained on the GLDv2-format train
-split, once on 30 % of the classes (the ``class30to100`` old-class rule of ``data_formats.md`` §4.1) and once on
-100 %, with the same number of optimiser steps (the same compute), and evaluated on the revisited-format ``rsynth`` set (disjoint landmarks,
-queries cropped to ``bbx``, medium protocol). It must clearly beat the colour-histogram baseline and an untrained
-net; the 30 % model must land in a middle band and the 100 % model noticeably higher, still below saturation.
+A four-conv-layer CNN (64 px input, 128-d embedding, softmax cross-entropy) is trained on the GLDv2-format
+train split, once on 30 % of the classes (the ``class30to100`` old-class rule of
+``docs/data_formats.md`` §4.1) and once on 100 %, with the same number of optimiser steps (the same compute),
+and evaluated on the revisited-format ``rsynth`` set (disjoint landmarks, queries cropped to ``bbx``, medium
+protocol). It must clearly beat the colour-histogram baseline and an untrained net; the 30 % model must land in
+a middle band and the 100 % model noticeably higher, still below saturation.
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ def train(x: torch.Tensor, y: torch.Tensor, n_classes: int, steps: int = STEPS, 
 
 
 def load_train(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """All train images (uint8 [N, 3, 72, 72]) and labels = rank of the landmark_id (``data_formats.md`` §3.2)."""
+    """All train images (uint8 [N, 3, 72, 72]) and labels = rank of the landmark_id
+    (``docs/data_formats.md`` §3.2)."""
     root = gldv2_root(path)
     with open(root / "train_clean.csv", newline="") as f:
         rows = list(csv.DictReader(f))

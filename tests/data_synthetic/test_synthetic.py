@@ -1,8 +1,8 @@
 """The embedded synthetic landmark dataset: determinism, on-disk formats, manifest, class-size buckets, and no
 colour shortcut (a colour-histogram nearest-neighbour baseline stays near chance).
 
-The retrieval metrics here are small brute-force re-implementations (``evaluation.md`` §3.3 and §4.2), kept
-independent of ``bctbench.evaluation`` on purpose; ``test_learnable.py`` reuses them.
+The retrieval metrics here are small brute-force re-implementations (``docs/evaluation.md`` §3.3 and §4.2),
+kept independent of ``bctbench.evaluation`` on purpose; ``test_learnable.py`` reuses them.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ HEX16 = re.compile(r"^[0-9a-f]{16}$")
 
 # ------------------------------------------------------------------------------------------ reference metrics
 def revisited_ap(ranking: np.ndarray, ok: set[int], junk: set[int]) -> float:
-    """Trapezoidal AP of ``evaluation.md`` §3.3: delete junk from the ranking, then trapezoid over positives."""
+    """Trapezoidal AP of ``docs/evaluation.md`` §3.3: delete junk from the ranking, then trapezoid over
+    positives."""
     cleaned = [j for j in ranking.tolist() if j not in junk]
     pos = [r for r, j in enumerate(cleaned) if j in ok]
     ap = 0.0
@@ -64,7 +65,7 @@ def revisited_map(sim: np.ndarray, gnd: list[dict], protocol: str = "medium") ->
 
 
 def gldv2_map100(sim: np.ndarray, solutions: list[set[int]]) -> float:
-    """GLDv2 mAP@100 (``evaluation.md`` §4.2) with rankings from ``sim`` ``[n_queries, n_gallery]``."""
+    """GLDv2 mAP@100 (``docs/evaluation.md`` §4.2) with rankings from ``sim`` ``[n_queries, n_gallery]``."""
     aps = []
     for i, sol in enumerate(solutions):
         top = np.argsort(-sim[i], kind="stable")[:100]
@@ -152,10 +153,11 @@ def tiny(tmp_path_factory) -> Path:
 
 # ------------------------------------------------------------------------------------------ reference metric
 def test_reference_ap_matches_golden_example():
-    # evaluation.md §3.4: ranking [4, 7, 1, 6, 2, 0, 3, 5], ok {4, 1, 0}, junk {7, 6} -> 0.902777...
+    # docs/evaluation.md §3.4: ranking [4, 7, 1, 6, 2, 0, 3, 5], ok {4, 1, 0}, junk {7, 6} -> 0.902777...
     ap = revisited_ap(np.array([4, 7, 1, 6, 2, 0, 3, 5]), {4, 1, 0}, {7, 6})
     assert ap == pytest.approx((1 + 1 + (2 / 3 + 3 / 4) / 2) / 3, abs=1e-12)
-    # evaluation.md §4.2 formula on a duplicate-free ranking [0, 1, 3, 4, 2]: hits at ranks 2 and 4 of 3 ids
+    # docs/evaluation.md §4.2 formula on a duplicate-free ranking [0, 1, 3, 4, 2]: hits at ranks 2 and 4
+    # of 3 ids
     sim = np.array([[0.9, 0.8, 0.1, 0.7, 0.6]])  # ranking [0, 1, 3, 4, 2]
     assert gldv2_map100(sim, [{1, 4, 9}]) == pytest.approx((1 / 2 + 2 / 4) / 3)
 

@@ -1,4 +1,4 @@
-"""Tests of bctbench.layers (methods.md §9.1)."""
+"""Tests of bctbench.layers (docs/methods.md §9.1)."""
 
 from __future__ import annotations
 

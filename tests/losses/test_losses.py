@@ -1,4 +1,7 @@
-"""Tests of bctbench.losses: hand-computed cases, limits, gradchecks, robustness (methods.md §4–§9, §14)."""
+"""Tests of bctbench.losses: hand-computed cases, limits, gradchecks, robustness (docs/methods.md §4–§9, §14).
+
+Bare § numbers in this module refer to ``docs/methods.md``.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Tests of the online-backfilling math (methods.md §12.1): L_rev, L_mc and the ψ module."""
+"""Tests of the online-backfilling math (docs/methods.md §12.1): L_rev, L_mc and the ψ module.
+
+Bare § numbers in this module refer to ``docs/methods.md``.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """Tests of the NDPP/ODPP prototype-perturbation math in bctbench.prototypes and the prototype CE in
-bctbench.losses (methods.md §10.1, §11 [reconstruction], §14)."""
+bctbench.losses (docs/methods.md §10.1, §11 [reconstruction], §14).
+
+Bare § numbers in this module refer to ``docs/methods.md``.
+"""
 
 from __future__ import annotations
 

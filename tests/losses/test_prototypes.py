@@ -1,4 +1,7 @@
-"""Tests of bctbench.prototypes (methods.md §2.1, §2.2, §7.2, §10.1)."""
+"""Tests of bctbench.prototypes (docs/methods.md §2.1, §2.2, §7.2, §10.1).
+
+Bare § numbers in this module refer to ``docs/methods.md``.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Behavioural tests of the ``online_backfill`` plugin (methods.md §12.1, a reconstruction) on the tiny fixtures of
-``conftest.py``: backbone = ``independent``, ψ fitted at the end of training on cached features, merge-mode
-encoders, checkpoints."""
+"""Behavioural tests of the ``online_backfill`` plugin (docs/methods.md §12.1, a reconstruction) on the tiny
+fixtures of ``conftest.py``: backbone = ``independent``, ψ fitted at the end of training on cached features,
+merge-mode encoders, checkpoints."""
 
 from __future__ import annotations
 

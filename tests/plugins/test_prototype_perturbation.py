@@ -1,6 +1,6 @@
-"""Behavioural tests of the ``ndpp`` and ``odpp`` plugins (methods.md §10–11, reconstructions) on the tiny fixtures
-of ``conftest.py``; the contract tests cover metadata, the frozen old model, encoders and the checkpoint round
-trip. The math itself is tested in ``tests/losses/test_perturbation.py``."""
+"""Behavioural tests of the ``ndpp`` and ``odpp`` plugins (docs/methods.md §10–11, reconstructions) on the
+tiny fixtures of ``conftest.py``; the contract tests cover metadata, the frozen old model, encoders and the
+checkpoint round trip. The math itself is tested in ``tests/losses/test_perturbation.py``."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Hot-refresh RACT with negatives gathered across 2 CPU processes (gloo, localhost) equals one process with the
 concatenated batch.
 
-What is equal, exactly (methods.md §8): every rank scores its B local anchors against the same N = 2B gathered
-negatives (no gradient through the gathered copies), so
+What is equal, exactly (docs/methods.md §8): every rank scores its B local anchors against the same N = 2B
+gathered negatives (no gradient through the gathered copies), so
 
 * the mean of the per-rank losses equals the single-process loss over the 2B anchors (equal B per rank), and
 * rank r's gradient w.r.t. its local embeddings, divided by the world size (DDP averages gradients), equals the
