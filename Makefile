@@ -37,8 +37,8 @@ reference: $(STAMP) ## maintainers: every method x SEEDS into results/reference 
 smoke: $(STAMP) ## every registered method on the tiny smoke benchmark (CPU, CI-sized)
 	$(BIN)/bctbench run-all --benchmark smoke --seeds 0 $(ARGS)
 
-leaderboard: $(STAMP) ## print the leaderboard of BENCH: reference results + yours (results/local), + PNG plots
-	$(BIN)/bctbench leaderboard --benchmark $(BENCH) $(ARGS)
+leaderboard: $(STAMP) ## leaderboard of BENCH: reference results + yours (results/local), figures, published to W&B (offline run files without an API key)
+	$(BIN)/bctbench leaderboard --benchmark $(BENCH) --wandb $(ARGS)
 
 reevaluate: $(STAMP) ## re-score BENCH's finished runs with the spec's current evaluation section
 	$(BIN)/bctbench reevaluate --benchmark $(BENCH) $(ARGS)

@@ -161,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-reference", action="store_true", help="show only the results root")
     p.add_argument(
+        "--wandb",
+        action="store_true",
+        help="also publish the board to W&B: a table (one row per method), the figures, the Markdown "
+        "(offline without an API key: run files under <results root>/../wandb-runs for `wandb sync`)",
+    )
+    p.add_argument(
         "--strict",
         action="store_true",
         help="refuse (exit 2) instead of listing results that are not comparable",
@@ -363,6 +369,26 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
         print(text)
     else:
         print(f"wrote {args.out}")
+    if args.wandb:
+        from bctbench.leaderboard.render import publish
+        from bctbench.tracking import wandb_mode
+
+        mode = wandb_mode()
+        _, run_id, folder = publish(
+            root,
+            args.benchmark,
+            root.parent / "wandb-runs",
+            plots,
+            args.curve_methods,
+            reference_root=reference,
+            strict=args.strict,
+        )
+        if run_id is None:
+            print(f"W&B: nothing published (mode {mode})")
+        elif mode == "offline":
+            print(f"W&B (offline): run {run_id} in {folder}; upload with `wandb sync {folder}`")
+        else:
+            print(f"W&B: published run {run_id}")
     return 0
 
 

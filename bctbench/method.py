@@ -23,6 +23,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
 
 from bctbench.errors import BCTBenchError, ConfigError
 from bctbench.identity import module_identity
@@ -201,6 +202,9 @@ class CompatibilityMethod(pl.LightningModule):
                 f"method '{self.name}': new embedding dim {setup.embed_dim} != old {self.old.embed_dim} and the "
                 "method declares no transform between the spaces (handles_dim_mismatch = False)"
             )
+        # Top-1 accuracy of the new classifier on training batches (torchmetrics: reduced over DDP ranks;
+        # its state is not part of checkpoints).
+        self.train_accuracy = MulticlassAccuracy(num_classes=setup.num_classes_new, average="micro")
         # Collects the init arguments of the whole subclass chain (setup + keyword-only hyperparameters).
         self.save_hyperparameters(ignore=["setup"])
         self.hparams["setup"] = dataclasses.asdict(
@@ -305,6 +309,9 @@ class CompatibilityMethod(pl.LightningModule):
             on_step=True,
             on_epoch=True,
         )
+        if new.logits is not None:
+            self.train_accuracy.update(new.logits.detach(), batch["labels"])
+            self.log("train/acc", self.train_accuracy, on_step=False, on_epoch=True, batch_size=batch_size)
         return total
 
     def configure_optimizers(self):

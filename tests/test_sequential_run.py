@@ -196,8 +196,8 @@ def test_sequential_run_logs_each_generation_and_the_result_to_wandb_offline(
         for r in _records(next(run_dir.glob("*.wandb")))
         if r.WhichOneof("record_type") == "run"
     }  # run folders are named by start second and a random id: no reliable order
-    assert sorted(by_name) == sorted([f"bct-{BENCH}-s5-g1", f"bct-{BENCH}-s5-g2", f"bct-{BENCH}-s5"])
-    summary = _summary(by_name[f"bct-{BENCH}-s5"])
+    assert sorted(by_name) == sorted(["bct/seed5/g1", "bct/seed5/g2", "bct/seed5"])
+    summary = _summary(by_name["bct/seed5"])
     es, (protocol, metric) = next(iter(result.primary.items()))
     mat = next(
         m for m in result.curves["sequential"]["matrices"] if (m["eval_set"], m["protocol"]) == (es, protocol)

@@ -60,6 +60,41 @@ def render(
     :class:`~bctbench.errors.ConfigError` for an unknown format and :class:`~bctbench.errors.BCTBenchError`
     when the benchmark has no readable results.
     """
+    text, _, _ = _build(results_root, benchmark, fmt, plots_dir, curve_methods, reference_root, strict)
+    if out is not None:
+        out_path = Path(out)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(text, encoding="utf-8")
+    return text
+
+
+def publish(
+    results_root: str | os.PathLike | None,
+    benchmark: str,
+    wandb_dir: str | os.PathLike,
+    plots_dir: str | os.PathLike | None = None,
+    curve_methods: Iterable[str] | None = None,
+    *,
+    reference_root: str | os.PathLike | None = None,
+    strict: bool = False,
+) -> tuple[str, str | None, Path | None]:
+    """Build the leaderboard as :func:`render` does (Markdown, figures into ``plots_dir``) and publish it to
+    W&B (:func:`bctbench.tracking.publish_leaderboard`: a table with one row per method, the figures, the
+    Markdown). Returns ``(markdown, W&B run id, local run folder)``; the ids are None when W&B is disabled or
+    failed (a warning says why)."""
+    from bctbench import tracking
+    from bctbench.leaderboard.dashboard import board_table
+
+    text, lb, figures = _build(
+        results_root, benchmark, "md", plots_dir, curve_methods, reference_root, strict
+    )
+    table = board_table(lb) if "seeds" in lb.columns and "origin" in lb.columns else lb
+    run_id, folder = tracking.publish_leaderboard(benchmark, table, figures, text, save_dir=wandb_dir)
+    return text, run_id, folder
+
+
+def _build(results_root, benchmark, fmt, plots_dir, curve_methods, reference_root, strict):
+    """``(text, leaderboard frame, figure paths)`` of one benchmark's board."""
     renderer = _RENDERERS.get(fmt)
     if renderer is None:
         raise ConfigError(f"unknown leaderboard format '{fmt}'; valid: {', '.join(sorted(_RENDERERS))}")
@@ -69,22 +104,20 @@ def render(
         where = " or ".join(str(Path(r)) for r in (results_root, reference_root) if r is not None)
         raise BCTBenchError(f"no readable, comparable results for benchmark '{benchmark}' under {where}")
     if is_sequential(results):
-        return _render_sequential(board, fmt, out)
+        text, lb = _render_sequential(board, fmt)
+        return text, lb, []
     df = results_frame(results, keys=[e.row for e in board.entries])
     if not (df["kind"] == "metric").any():
         raise BCTBenchError(f"no readable results for benchmark '{benchmark}'")
     lb = leaderboard(board.entries, apart=board.apart, code_versions=board.code_versions)
     text = renderer(lb)
-    if out is not None:
-        out_path = Path(out)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(text, encoding="utf-8")
-    if plots_dir is not None:
-        plot_leaderboard(df, plots_dir, lb, curve_methods=curve_methods)
-    return text
+    figures = (
+        plot_leaderboard(df, plots_dir, lb, curve_methods=curve_methods) if plots_dir is not None else []
+    )
+    return text, lb, list(figures)
 
 
-def _render_sequential(board, fmt: str, out: str | os.PathLike | None) -> str:
+def _render_sequential(board, fmt: str):
     renderer = _SEQ_RENDERERS.get(fmt)
     if renderer is None:
         raise ConfigError(
@@ -94,8 +127,4 @@ def _render_sequential(board, fmt: str, out: str | os.PathLike | None) -> str:
     text = renderer(lb)
     if fmt in ("md", "markdown") and board.apart:
         text += "\nShown apart, not averaged:\n" + "".join(f"- {reason}\n" for reason in board.apart)
-    if out is not None:
-        out_path = Path(out)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(text, encoding="utf-8")
-    return text
+    return text, lb

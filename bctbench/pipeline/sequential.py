@@ -39,6 +39,7 @@ from bctbench.pipeline.method_setup import (
 )
 from bctbench.pipeline.old_model import ensure_old_model
 from bctbench.pipeline.trainer import _callbacks, _cpu_threads, _fit, _resume_path, _trainer
+from bctbench.results import run_label
 
 log = logging.getLogger("bctbench")
 
@@ -121,6 +122,7 @@ def train_generation(
         "old_identity": old_ref.identity,
         "method_hparams": _jsonable({k: v for k, v in model.hparams.items() if k != "setup"}),
     }
+    digest = method_hparams_digest(cls, config["method_hparams"])
     wandb_logger = tracking.make_wandb_logger(
         cls.name,
         spec.name,
@@ -129,6 +131,8 @@ def train_generation(
         ctx.results_root.parent / "wandb-runs",
         enabled=runtime.wandb,
         suffix=f"g{step}",
+        label=run_label(cls.name, digest),
+        hparams_digest=digest,
     )
     trainer = _trainer(
         ctx,

@@ -69,7 +69,7 @@ def run(
 
     from bctbench import tracking
     from bctbench.registry import get_method
-    from bctbench.results import RunResult, collect_provenance, write_result
+    from bctbench.results import RunResult, collect_provenance, run_label, write_result
 
     runtime = runtime or Runtime()
     cls = get_method(method_name)  # unknown names fail here, before any work
@@ -126,12 +126,25 @@ def run(
         "method_hparams": hparams,
         "hparams_digest": digest,
         "old_identity": old_ref.identity,
+        "dataset_sha256": dataset_sha256,
+        "split_sha256": provenance["split_sha256"],
         "spec": spec.to_dict(),
     }
     if _primary_process():
         (work / "config.json").write_text(json.dumps(config, indent=2, default=str))
+    wandb_dir = ctx.results_root.parent / "wandb-runs"
+    if runtime.wandb and _primary_process():
+        tracking.log_old_model(spec.name, seed, old_ref.path, old_ref.identity, wandb_dir)
     logger = tracking.make_wandb_logger(
-        cls.name, spec.name, seed, config, ctx.results_root.parent / "wandb-runs", enabled=runtime.wandb
+        cls.name,
+        spec.name,
+        seed,
+        config,
+        wandb_dir,
+        enabled=runtime.wandb,
+        label=run_label(cls.name, digest),
+        hparams_digest=digest,
+        old_model=(old_ref.path, old_ref.identity),
     )
     if logger is None:
         from lightning.pytorch.loggers import CSVLogger
@@ -191,8 +204,31 @@ def run(
     _commit(work, run_dir)
     log.info("result written: %s", path)
     if logger.__class__.__name__ == "WandbLogger":
-        tracking.log_run_result(result, path, save_dir=ctx.results_root.parent / "wandb-runs")
+        tracking.log_run_result(
+            result,
+            path,
+            save_dir=wandb_dir,
+            board=board_summary(ctx, result),
+            checkpoint=run_dir / "checkpoints" / "last.ckpt",
+        )
     return result
+
+
+def board_summary(ctx: RunContext, result) -> dict:
+    """This run's P-metrics and verdicts among the comparable results of its benchmark (reference results +
+    the results root), for the W&B summary; ``{}`` when the board cannot be read (a run never fails here)."""
+    from bctbench.comparability import REFERENCE, YOURS
+    from bctbench.leaderboard import load_board
+    from bctbench.leaderboard.dashboard import run_summary
+    from bctbench.paths import REFERENCE_ROOT, is_reference_root
+
+    mine = is_reference_root(ctx.results_root)
+    try:
+        board = load_board(ctx.results_root, ctx.spec.name, None if mine else REFERENCE_ROOT)
+        return run_summary(board.entries, result.label, result.seed, REFERENCE if mine else YOURS)
+    except BCTBenchError as exc:
+        log.warning("W&B summary without leaderboard figures: %s", exc)
+        return {}
 
 
 def run_all(
