@@ -64,7 +64,9 @@ def _summary(run_dir: Path) -> dict:
     """The summary as W&B recorded it: ``files/wandb-summary.json`` when this wandb writes it offline, plus the
     summary records of the transaction log (wandb >= 0.19 writes the JSON file only when syncing)."""
     log = next(run_dir.glob("*.wandb"))
-    deadline = time.monotonic() + 60  # wandb-core flushes the log shortly after finish() returns (slower under load)
+    deadline = (
+        time.monotonic() + 60
+    )  # wandb-core flushes the log shortly after finish() returns (slower under load)
     while True:
         records = _records(log)
         if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
@@ -179,4 +181,7 @@ def test_failures_warn_and_return_none(
         assert log_run_result(res, path, save_dir=tmp_path) is None
     with pytest.warns(UserWarning, match="W&B logger setup failed"):
         assert make_wandb_logger("bct", BENCH, 0, {}, tmp_path) is None
-    assert tracking.run_name("bct", 0) == "bct/seed0" and tracking.run_name("bct@1a2b", 3, "g1") == "bct@1a2b/seed3/g1"
+    assert (
+        tracking.run_name("bct", 0) == "bct/seed0"
+        and tracking.run_name("bct@1a2b", 3, "g1") == "bct@1a2b/seed3/g1"
+    )

@@ -24,7 +24,9 @@ def _run_dir(root: Path) -> Path:
 
 
 def _run_record(run_dir: Path):
-    return next(r.run for r in _records(next(run_dir.glob("*.wandb"))) if r.WhichOneof("record_type") == "run")
+    return next(
+        r.run for r in _records(next(run_dir.glob("*.wandb"))) if r.WhichOneof("record_type") == "run"
+    )
 
 
 def _config(run) -> dict:
