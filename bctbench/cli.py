@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("methods", help="list the registered methods with their papers")
     p.add_argument("--all", action="store_true", help="import every plugin and flag broken ones")
+    p.add_argument(
+        "--params",
+        default=None,
+        metavar="METHOD",
+        help="list METHOD's hyperparameters (--set name=value) with types, defaults, search space and docs",
+    )
 
     p = sub.add_parser("benchmarks", help="list the benchmark specs")
 
@@ -183,8 +189,23 @@ def _add_reference(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
-    from bctbench.registry import get_method, list_methods, load_all_methods
+    from bctbench.registry import describe_parameters, get_method, list_methods, load_all_methods
 
+    if args.params is not None:
+        import textwrap
+
+        cls = get_method(args.params)
+        rows = describe_parameters(cls)
+        print(f"{cls.name}: {cls.paper.splitlines()[0]}")
+        print(f"hyperparameters ({len(rows)}; set with --set name=value):")
+        for row in rows:
+            search = f"  search: {row['search']}" if row["search"] is not None else ""
+            print(f"  {row['name']} : {row['type']} = {row['default']!r}{search}")
+            if row["doc"]:
+                print(
+                    textwrap.fill(row["doc"], width=100, initial_indent="      ", subsequent_indent="      ")
+                )
+        return 0
     if args.all:
         loaded = load_all_methods()
         for name in list_methods():
@@ -442,6 +463,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    from bctbench import progress
+
+    progress.configure(not getattr(args, "quiet", False))
     try:
         _check_args(args)
         code = COMMANDS[args.command](args)

@@ -174,3 +174,52 @@ def load_all_methods() -> dict[str, type]:
         except Exception as exc:  # noqa: BLE001 - reported, not raised
             warnings.warn(f"method plugin '{name}' is broken and was skipped: {exc}", stacklevel=2)
     return loaded
+
+
+def describe_parameters(cls: type) -> list[dict[str, Any]]:
+    """The hyperparameters of a method class, for ``bctbench methods --params``: one dict per keyword-only
+    ``__init__`` parameter with ``name``, ``type`` (annotation text), ``default``, ``search`` (the values of
+    :meth:`search_space` for it, or None) and ``doc`` — the first paragraph or bullet of the plugin's module or
+    class docstring that names it as ````name````, whitespace collapsed ("" when none does)."""
+    import sys
+
+    from bctbench.config import method_annotations
+    from bctbench.pipeline import method_parameters
+
+    defaults = method_parameters(cls)
+    types_ = method_annotations(cls)
+    try:
+        space = dict(cls.search_space() or {})
+    except Exception:  # noqa: BLE001 - a broken search_space is reported, not fatal here
+        space = {}
+    module = sys.modules.get(getattr(cls, "__module__", ""))
+    texts = [t for t in (getattr(module, "__doc__", None), cls.__doc__) if t]
+    chunks = [c for t in texts for c in _doc_chunks(t)]
+    out = []
+    for name, default in defaults.items():
+        ann = types_.get(name)
+        doc = next((c for c in chunks if f"``{name}``" in c), "")
+        out.append(
+            {
+                "name": name,
+                "type": getattr(ann, "__name__", None) or str(ann).replace("typing.", ""),
+                "default": default,
+                "search": space.get(name),
+                "doc": doc,
+            }
+        )
+    return out
+
+
+def _doc_chunks(text: str) -> list[str]:
+    """Paragraphs and list items of a docstring, each as one line."""
+    chunks: list[list[str]] = [[]]
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped:
+            chunks.append([])
+        elif stripped.startswith(("* ", "- ")):
+            chunks.append([stripped[2:]])
+        else:
+            chunks[-1].append(stripped)
+    return [" ".join(c) for c in chunks if c]

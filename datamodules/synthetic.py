@@ -54,6 +54,7 @@ import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
 from bctbench.errors import DataError
+from bctbench.progress import Progress
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -1012,19 +1013,23 @@ def _generate_into(tmp: Path, seed: int, cfg: SyntheticConfig, workers: int) -> 
     plan = _make_plan(seed, cfg)
     results: dict[str, tuple[str, float, list | None, bool]] = {}
     chunk = max(8, min(64, len(plan.jobs) // (workers * 8) or 8))
-    if workers <= 1:
-        _init_worker(seed, asdict(cfg), str(tmp))
-        for c in _chunks(plan.jobs, chunk):
-            for rel, sha, vis, bbx, ext in _run_chunk(c):
-                results[rel] = (sha, vis, bbx, ext)
-    else:
-        # fork where available (as torch's DataLoader does): workers only use NumPy/PIL, and spawn would
-        # re-import the caller's __main__ (scripts without a main guard would recurse)
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(seed, asdict(cfg), str(tmp))) as pool:
-            for res in pool.imap_unordered(_run_chunk, _chunks(plan.jobs, chunk)):
+    with Progress("generating the synthetic dataset", total=len(plan.jobs), unit="images") as shown:
+        if workers <= 1:
+            _init_worker(seed, asdict(cfg), str(tmp))
+            for c in _chunks(plan.jobs, chunk):
+                res = _run_chunk(c)
                 for rel, sha, vis, bbx, ext in res:
                     results[rel] = (sha, vis, bbx, ext)
+                shown.advance(len(res))
+        else:
+            # fork where available (as torch's DataLoader does): workers only use NumPy/PIL, and spawn would
+            # re-import the caller's __main__ (scripts without a main guard would recurse)
+            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            with ctx.Pool(workers, initializer=_init_worker, initargs=(seed, asdict(cfg), str(tmp))) as pool:
+                for res in pool.imap_unordered(_run_chunk, _chunks(plan.jobs, chunk)):
+                    for rel, sha, vis, bbx, ext in res:
+                        results[rel] = (sha, vis, bbx, ext)
+                    shown.advance(len(res))
     files = {rel: r[0] for rel, r in results.items()}
 
     def put(rel: str, data: bytes) -> None:

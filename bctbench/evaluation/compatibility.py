@@ -22,6 +22,7 @@ from bctbench.errors import EvaluationError
 from bctbench.evaluation.backfill import backfill_curves, random_order
 from bctbench.evaluation.features import FeatureCache, extract_features, feature_key
 from bctbench.evaluation.search import rank
+from bctbench.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,6 @@ class CompatibilityEvaluator:
         num_workers: int = 0,
         device: str = "cpu",
         bf16: bool = False,
-        progress: bool = False,
         backfill: BackfillSettings | None = None,
     ) -> None:
         if not eval_sets:
@@ -123,7 +123,6 @@ class CompatibilityEvaluator:
         self.num_workers = num_workers
         self.device = device
         self.bf16 = bf16
-        self.progress = progress
         self.backfill = backfill or BackfillSettings()
 
     def features(self, encoder, eval_set, part: str) -> np.ndarray:
@@ -144,7 +143,6 @@ class CompatibilityEvaluator:
             num_workers=self.num_workers,
             device=self.device,
             bf16=self.bf16,
-            progress=self.progress,
             desc=f"{eval_set.name}/{part}/{encoder.identity[:20]}",
         )
         if self.cache is not None:
@@ -184,7 +182,7 @@ class CompatibilityEvaluator:
             q_feats = {m: self.features(encoders[m], es, "query") for m in needed}
             g_feats = {m: self.features(encoders[m], es, "gallery") for m in needed if "->" not in m}
             top1_old = None
-            for q, g in pairs:
+            for q, g in track(pairs, f"search and score {es.name}", unit="query/gallery pairs"):
                 if q_feats[q].shape[1] != g_feats[g].shape[1]:
                     raise EvaluationError(
                         f"{es.name}: {q}->{g} query dim {q_feats[q].shape[1]} != gallery dim {g_feats[g].shape[1]}"
@@ -222,30 +220,32 @@ class CompatibilityEvaluator:
         fractions = np.round(np.linspace(0, 1, self.backfill.n_fractions), 10)
         merge_query = "new->old" if "new->old" in q_feats else "old"
         out = []
-        for mode in self.backfill.modes:
-            if mode == "mixed" and q_feats["new"].shape[1] != g_feats["old"].shape[1]:
-                continue  # no shared space: the method has no mixed-gallery backfilling
-            if mode == "merge" and merge_query not in q_feats:
-                continue  # the pairs never asked for old-space query features
-            for name, seed, order in orders:
-                curves = backfill_curves(
-                    es,
-                    q_feats["new"],
-                    g_feats["old"],
-                    g_feats["new"],
-                    order,
-                    order_name=name,
-                    order_seed=seed,
-                    fractions=fractions,
-                    mode=mode,
-                    query_old=q_feats.get(merge_query),
-                    old_top1=top1_old,
-                )
-                for c in curves:
-                    d = c.to_dict()
-                    if mode == "merge":
-                        d["old_space_query"] = merge_query
-                    out.append(d)
+        jobs = [
+            (mode, name, seed, order)
+            for mode in self.backfill.modes
+            if not (mode == "mixed" and q_feats["new"].shape[1] != g_feats["old"].shape[1])  # no shared space
+            and not (mode == "merge" and merge_query not in q_feats)  # no old-space query features asked for
+            for name, seed, order in orders
+        ]
+        for mode, name, seed, order in track(jobs, f"backfilling curves {es.name}", unit="curves"):
+            curves = backfill_curves(
+                es,
+                q_feats["new"],
+                g_feats["old"],
+                g_feats["new"],
+                order,
+                order_name=name,
+                order_seed=seed,
+                fractions=fractions,
+                mode=mode,
+                query_old=q_feats.get(merge_query),
+                old_top1=top1_old,
+            )
+            for c in curves:
+                d = c.to_dict()
+                if mode == "merge":
+                    d["old_space_query"] = merge_query
+                out.append(d)
         return out
 
 

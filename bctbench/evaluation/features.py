@@ -23,6 +23,7 @@ import torch.distributed as dist
 
 from bctbench.data import ImageListDataset, ImageLoader
 from bctbench.errors import EvaluationError
+from bctbench.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,6 @@ def extract_features(
     num_workers: int = 0,
     device: str | torch.device | None = "cpu",
     bf16: bool = False,
-    progress: bool = False,
     desc: str = "features",
 ) -> np.ndarray:
     """Embed images with ``encoder`` (eval mode, no grad): returns ``float32[len(paths), D]``.
@@ -186,11 +186,7 @@ def extract_features(
     encoder.to(memory_format=torch.channels_last)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     chunks: list[np.ndarray] = []
-    iterator = loader
-    if progress and rank == 0:
-        from rich.progress import track
-
-        iterator = track(loader, description=desc, total=len(loader), transient=True)
+    iterator = track(loader, f"features {desc}", total=len(loader), unit="batches") if rank == 0 else loader
     try:
         for batch in iterator:
             images = (

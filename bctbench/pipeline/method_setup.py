@@ -42,7 +42,6 @@ def build_evaluator(
         batch_size=e.batch_size,
         num_workers=workers,
         device=_device(runtime),
-        progress=runtime.progress,
         backfill=BackfillSettings(
             n_fractions=e.backfill_fractions, seeds=e.backfill_seeds, modes=e.backfill_modes
         ),

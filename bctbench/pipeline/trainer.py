@@ -45,6 +45,12 @@ def _trainer(
 ):
     import lightning.pytorch as pl
 
+    from bctbench import progress
+
+    progress.quiet_lightning_logs()
+    callbacks = list(callbacks or [])
+    if progress.enabled() and not runtime.progress:  # no live bar (not a terminal): plain lines
+        callbacks.append(progress.training_progress_callback())
     return pl.Trainer(
         max_epochs=max_epochs,
         accelerator=runtime.accelerator,
@@ -54,7 +60,7 @@ def _trainer(
         precision=training_precision(ctx, runtime),
         default_root_dir=str(default_root_dir),
         logger=logger if logger is not None else False,
-        callbacks=callbacks or [],
+        callbacks=callbacks,
         enable_progress_bar=runtime.progress,
         enable_model_summary=False,
         log_every_n_steps=10,
