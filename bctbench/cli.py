@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="train a method's new model, evaluate it, write its result")
     p.add_argument("--benchmark", "-b", required=True)
     p.add_argument("--method", "-m", required=True)
+    _add_preset(p)
     p.add_argument("--seed", default="0", metavar="SEED", help="integer in [0, 2**32) (default: 0)")
     _add_reference(p)
     _add_roots(p)
@@ -112,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmark", "-b", required=True)
     p.add_argument("--seeds", nargs="+", default=None, metavar="SEED", help="default: the spec's seeds")
     p.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
+    _add_preset(p)
     p.add_argument(
         "--jobs",
         "-j",
@@ -205,6 +207,10 @@ def _cmd_methods(args: argparse.Namespace) -> int:
                 print(
                     textwrap.fill(row["doc"], width=100, initial_indent="      ", subsequent_indent="      ")
                 )
+        variants = getattr(cls, "variants", None) or {}
+        print("presets (--preset NAME): tuned (per benchmark, written by `bctbench tune`)")
+        for name, values in sorted(variants.items()):
+            print(f"  {name}: " + " ".join(f"{k}={v}" for k, v in values.items()))
         return 0
     if args.all:
         loaded = load_all_methods()
@@ -291,13 +297,31 @@ def _cmd_train_old(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_preset(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--preset",
+        default=None,
+        metavar="NAME",
+        help="named hyperparameters: 'tuned' (benchmarks/presets/<benchmark>/<method>.yaml, from `bctbench "
+        "tune`) or a method's paper variant (`bctbench methods --params M` lists them); the row is "
+        "'method:NAME'",
+    )
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from bctbench import pipeline
 
     ctx = pipeline.RunContext.create(
         args.benchmark, args.data_root, args.cache_root, args.results_root, reference=args.reference
     )
-    pipeline.run(ctx, args.method, seed=args.seed, overrides=args.overrides, runtime=_runtime_from_args(args))
+    pipeline.run(
+        ctx,
+        args.method,
+        seed=args.seed,
+        overrides=args.overrides,
+        runtime=_runtime_from_args(args),
+        preset=args.preset,
+    )
     print(pipeline.render_leaderboard(ctx))
     return 0
 
@@ -319,6 +343,7 @@ def _cmd_run_all(args: argparse.Namespace) -> int:
             runtime=_runtime_from_args(args),
             jobs=jobs,
             force=args.force,
+            preset=args.preset,
         )
     except QueueInterrupted as exc:
         print(f"error: {exc}", file=sys.stderr)

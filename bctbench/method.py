@@ -175,6 +175,9 @@ class CompatibilityMethod(pl.LightningModule):
     needs_old_forward: ClassVar[bool] = False
     required_artifacts: ClassVar[frozenset[str]] = frozenset()
     needs_custom_old_model: ClassVar[bool] = False
+    #: Named hyperparameter sets the papers compare against (``bctbench run --preset NAME``; row
+    #: ``method:NAME``), e.g. ``{"old_classes": {"new_class_rows": "none"}}``; keys must be hyperparameters.
+    variants: ClassVar[dict[str, dict[str, Any]]] = {}
     #: True if the method handles ``embed_dim != old embed_dim`` itself (e.g. with a learned transform).
     handles_dim_mismatch: ClassVar[bool] = False
     #: The backfilling mode the method is designed for (docs/evaluation.md §6.1): ``"mixed"`` (new queries

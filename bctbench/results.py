@@ -115,6 +115,8 @@ class RunResult:
     wandb_run: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     resumed: bool = False
+    #: the named hyperparameter preset the run used (``tuned``, a method's paper variant), None for ``--set``
+    preset: str | None = None
     created_at: str = field(default_factory=_now_iso)
     schema_version: int = SCHEMA_VERSION
     #: the file this result was read from (not serialised)
@@ -122,14 +124,17 @@ class RunResult:
 
     @property
     def label(self) -> str:
-        """``method`` for default hyperparameters, else ``method@<hparams digest>`` (folder and row name)."""
-        return run_label(self.method, self.hparams_digest)
+        """Folder and row name: ``method:<preset>`` for a preset run, else ``method`` for default
+        hyperparameters and ``method@<hparams digest>`` for others."""
+        return run_label(self.method, self.hparams_digest, self.preset)
 
     # ------------------------------------------------------------------ conversion
     def to_dict(self) -> dict[str, Any]:
         """Return a plain JSON-ready dict (field order = declaration order, ``schema_version`` first)."""
         d = dataclasses.asdict(self)
         d.pop("source")
+        if d.get("preset") is None:
+            d.pop("preset", None)  # absent = no preset (files stay readable by earlier schema-2 readers)
         return {"schema_version": d.pop("schema_version"), **d}
 
     def to_json(self) -> str:
@@ -190,6 +195,7 @@ class RunResult:
             "env": (dict, False),
             "eval_variants": (dict, False),
             "wandb_run": (str, True),
+            "preset": (str, True),
             "timings": (dict, False),
             "resumed": (bool, False),
             "created_at": (str, False),
@@ -373,16 +379,24 @@ def hparams_digest(non_default: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
 
-def run_label(method: str, digest: str = DEFAULT_HPARAMS) -> str:
-    """Folder / row name of a run: ``method``, or ``method@digest`` for non-default hyperparameters."""
+def run_label(method: str, digest: str = DEFAULT_HPARAMS, preset: str | None = None) -> str:
+    """Folder / row name of a run: ``method:<preset>`` for a named preset, else ``method``, or
+    ``method@digest`` for non-default hyperparameters."""
+    if preset:
+        return f"{method}:{preset}"
     return method if digest == DEFAULT_HPARAMS else f"{method}@{digest}"
 
 
 def result_path(
-    results_root: str | os.PathLike, benchmark: str, method: str, seed: int, digest: str = DEFAULT_HPARAMS
+    results_root: str | os.PathLike,
+    benchmark: str,
+    method: str,
+    seed: int,
+    digest: str = DEFAULT_HPARAMS,
+    preset: str | None = None,
 ) -> Path:
     """Return ``results_root/<benchmark>/<label>/seed<seed>.json`` (:func:`run_label`)."""
-    return Path(results_root) / benchmark / run_label(method, digest) / f"seed{int(seed)}.json"
+    return Path(results_root) / benchmark / run_label(method, digest, preset) / f"seed{int(seed)}.json"
 
 
 def write_result(result: RunResult, results_root: str | os.PathLike) -> Path:
@@ -394,7 +408,9 @@ def write_result(result: RunResult, results_root: str | os.PathLike) -> Path:
     """
     from bctbench.identity import atomic_write_bytes
 
-    path = result_path(results_root, result.benchmark, result.method, result.seed, result.hparams_digest)
+    path = result_path(
+        results_root, result.benchmark, result.method, result.seed, result.hparams_digest, result.preset
+    )
     atomic_write_bytes(path, result.to_json().encode("utf-8"))
     try:  # persist the rename itself (POSIX); harmless where directories cannot be opened
         dfd = os.open(path.parent, os.O_RDONLY)

@@ -70,12 +70,13 @@ class Job:
     error: str | None = None  # the method or its --set options cannot run: fails without starting
     resume: bool = False
     argument: str = ""  # the method as given (a registered name or ``module:Class``), for ``bctbench run -m``
+    preset: str | None = None
 
     @property
     def label(self) -> str:
         from bctbench.results import run_label
 
-        return run_label(self.method, self.digest)
+        return run_label(self.method, self.digest, self.preset)
 
     @property
     def name(self) -> str:
@@ -142,13 +143,20 @@ def _runtime_options(overrides: list[str] | None) -> dict[str, Any]:
 
 
 # -------------------------------------------------------------------------------------------- plan
-def plan_jobs(methods: list[str] | None, seeds: list[int], overrides: list[str] | None) -> list[Job]:
+def plan_jobs(
+    methods: list[str] | None,
+    seeds: list[int],
+    overrides: list[str] | None,
+    spec: Any = None,
+    preset: str | None = None,
+) -> list[Job]:
     """The jobs of ``methods`` (default: every registered method) x ``seeds``, method-major.
 
     Each job's hyperparameter digest is computed as :func:`bctbench.pipeline.run` does (non-default values of
-    the coerced ``--set`` hyperparameters). A method that cannot be loaded or refuses the options gets jobs
-    with ``error`` set (they fail without starting; the others still run)."""
-    from bctbench import pipeline
+    the coerced ``--set`` hyperparameters, or of ``preset`` on ``spec``). A method that cannot be loaded,
+    refuses the options or lacks the preset gets jobs with ``error`` set (they fail without starting; the
+    others still run)."""
+    from bctbench import pipeline, presets
     from bctbench.config import method_annotations, parse_set_options, split_overrides
     from bctbench.registry import get_method, list_methods
 
@@ -161,11 +169,17 @@ def plan_jobs(methods: list[str] | None, seeds: list[int], overrides: list[str] 
             params = pipeline.method_parameters(cls)
             method_kw, _ = split_overrides(opts, params, cls.name, method_annotations(cls))
             method = cls.name
+            if preset is not None:
+                if method_kw:
+                    raise ConfigError(
+                        f"--preset {preset} cannot be combined with hyperparameter --set options"
+                    )
+                method_kw = presets.resolve(spec, cls, preset)
             digest = pipeline.method_hparams_digest(cls, {**params, **method_kw})
         except BCTBenchError as exc:
             error = str(exc)
         for seed in seeds:
-            jobs.append(Job(len(jobs) + 1, method, int(seed), digest, error, argument=name))
+            jobs.append(Job(len(jobs) + 1, method, int(seed), digest, error, argument=name, preset=preset))
     return jobs
 
 
@@ -183,7 +197,7 @@ def result_is_current(ctx, job: Job, old_identity: str | None, dataset_sha256: s
     old-model identity (the pinned one when the spec pins the seed) and the dataset sha256."""
     from bctbench.results import ResultFileError, read_result, result_path
 
-    path = result_path(ctx.results_root, ctx.spec.name, job.method, job.seed, job.digest)
+    path = result_path(ctx.results_root, ctx.spec.name, job.method, job.seed, job.digest, job.preset)
     if not path.is_file():
         return False
     try:
@@ -206,7 +220,7 @@ def _can_resume(ctx, job: Job, provenance: dict[str, Any]) -> bool:
 
     if ctx.spec.sequential_steps > 1:  # generations resume from their own keyed folders (--resume by hand)
         return False
-    last = latest_checkpoint(partial_dir(ctx.run_dir(job.method, job.seed, job.digest)))
+    last = latest_checkpoint(partial_dir(ctx.run_dir(job.method, job.seed, job.digest, job.preset)))
     if last is None:
         return False
     try:
@@ -312,6 +326,8 @@ def _command(ctx, job: Job, runtime, overrides: list[str], benchmark: str) -> li
 
     argv = [sys.executable, "-m", "bctbench.cli", "run", "-b", benchmark, "-m", job.argument or job.method]
     argv += ["--seed", str(job.seed)]
+    if job.preset is not None:
+        argv += ["--preset", job.preset]
     argv += [
         "--data-root",
         str(Path(ctx.data_root).resolve()),
@@ -461,6 +477,7 @@ def run_queue(
     jobs: int | None = None,
     force: bool = False,
     out: IO[str] | None = None,
+    preset: str | None = None,
 ) -> list[str]:
     """Run every (method, seed) of ``ctx``'s benchmark as a ``bctbench run`` subprocess, ``jobs`` at a time
     (None: :func:`default_jobs`); see the module docstring. Prints progress lines to ``out`` (default
@@ -491,7 +508,7 @@ def run_queue(
 
     queue_dir = _queue_dir(ctx)
     with _queue_lock(queue_dir / ".lock"):
-        plan = plan_jobs(methods, seeds, overrides)
+        plan = plan_jobs(methods, seeds, overrides, ctx.spec, preset)
         total = len(plan)
         failed: list[str] = []
         # shared inputs, before any job: the dataset and every needed old model (then the jobs only read them)

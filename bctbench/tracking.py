@@ -142,13 +142,15 @@ def make_wandb_logger(
     label: str | None = None,
     hparams_digest: str | None = None,
     old_model: tuple[str | os.PathLike, str] | None = None,
+    job_type: str | None = None,
 ) -> Any:
     """Return a started ``lightning.pytorch.loggers.WandbLogger`` for one training run, or None.
 
     ``suffix`` names one training job of a multi-job run (``g1``, ``g2``: generations of a sequential run).
     ``label`` (default: ``method``) names the run, ``hparams_digest`` adds its tag, ``old_model`` =
     ``(path, identity)`` of the old model this run trains against: declared as the run's input artefact
-    when online, named in the config (``old_model_artifact``) in every mode.
+    when online, named in the config (``old_model_artifact``) in every mode. ``job_type`` defaults to the
+    method's name (``tune`` for tuning trials).
 
     None when ``enabled`` is false, the mode is ``disabled``, or anything fails (then with a warning). The W&B
     run is started here (``logger.experiment``) so that a failure surfaces now, not inside ``Trainer.fit``, and
@@ -175,7 +177,7 @@ def make_wandb_logger(
             project=PROJECT,
             group=benchmark,
             tags=tags + ([suffix] if suffix else []),
-            job_type=method,
+            job_type=job_type or method,
             config=config,
             mode=mode,
             settings=_settings(wandb, init_timeout=INIT_TIMEOUT_S),

@@ -57,6 +57,8 @@ Bare § numbers in this module refer to ``docs/methods.md``.
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 from torch import nn
 
@@ -226,6 +228,17 @@ class AdvBCT(CompatibilityMethod):
         ]
         return build_optimizer(groups, self.method_setup.optimizer, self.method_setup.max_epochs)
 
+    variants: ClassVar[dict[str, dict[str, Any]]] = {
+        # AdvBCT with the fixes of docs/methods.md §9.4 (joint discriminator BN on l2-normalised inputs, a
+        # tightness term on the elastic boundary, no weight decay on it) [reconstruction]
+        "fixed": {
+            "disc_bn": "joint",
+            "disc_input": "l2",
+            "elastic_tightness": 0.1,
+            "elastic_weight_decay": 0.0,
+        },
+    }
+
     @classmethod
     def search_space(cls) -> dict[str, list]:
-        return {"threshold": [0.8, 1.0, 1.2]}
+        return {"threshold": [0.6, 0.8, 1.0, 1.2, 1.5], "elastic_tightness": [0.0, 0.05, 0.1]}

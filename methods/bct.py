@@ -27,6 +27,8 @@ class has an old row, so S is empty and the variants coincide.
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 
 from bctbench import (
@@ -99,6 +101,11 @@ class BCT(CompatibilityMethod):
         )
         return {"influence": self.weight * term}
 
+    variants: ClassVar[dict[str, dict[str, Any]]] = {
+        # the AdvBCT table's ``bct`` rows: influence loss on samples of old classes only
+        "old_classes": {"new_class_rows": "none"},
+    }
+
     @classmethod
     def search_space(cls) -> dict[str, list]:
-        return {"weight": [0.5, 1.0, 2.0]}
+        return {"weight": [0.25, 0.5, 1.0, 2.0, 4.0]}

@@ -51,4 +51,4 @@ class Contra(CompatibilityMethod):
 
     @classmethod
     def search_space(cls) -> dict[str, list]:
-        return {"weight": [0.5, 1.0, 2.0], "temperature": [0.01, 0.05, 0.1]}
+        return {"weight": [0.5, 1.0, 2.0], "temperature": [0.01, 0.03, 0.05, 0.1, 0.2]}

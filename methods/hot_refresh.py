@@ -153,4 +153,4 @@ class HotRefresh(CompatibilityMethod):
 
     @classmethod
     def search_space(cls) -> dict[str, list]:
-        return {"weight": [0.5, 1.0, 2.0], "temperature": [0.01, 0.05, 0.1]}
+        return {"weight": [0.5, 1.0, 2.0], "temperature": [0.01, 0.03, 0.05, 0.1, 0.2]}

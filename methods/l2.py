@@ -37,4 +37,4 @@ class L2(CompatibilityMethod):
 
     @classmethod
     def search_space(cls) -> dict[str, list]:
-        return {"weight": [1.0, 10.0, 100.0]}
+        return {"weight": [0.1, 1.0, 10.0, 100.0]}

@@ -26,9 +26,10 @@ the variant's default: 100/1 for ``official``, 1/1 for ``advbct``); AdvBCT ``COM
 
 Deviations and readings (each with its flag):
 
-* ``bound_on_raw_feature=False`` (default): the official boundary term uses the **raw** BN feature g_i = φ_n
-  (clamped dot product); bctbench uses the normalised f̂_n, as the paper states the constraint as an angle on
-  normalised features. ``True`` restores the official code (docs/methods.md §6.1).
+* ``bound_on_raw_feature=True`` (default, as the official code): the boundary term uses the **raw** BN feature
+  g_i = φ_n (clamped dot product). ``False`` uses the normalised f̂_n instead, as the paper states the
+  constraint as an angle on normalised features (docs/methods.md §6.1). Variant ``advbct`` has no raw-feature
+  bound: set ``bound_on_raw_feature=false`` with it (the ``advbct_reimpl`` preset does).
 * Official RBT transformation modules and the ArcFace(s = 16, m = 0.1) ReID head are not used: the protocol
   pins d_new = d_old and softmax CE (no flag; ``handles_dim_mismatch`` stays False).
 * ``variant="advbct"``: the metadata is indexed by **old** label; it is mapped to new labels through
@@ -45,6 +46,8 @@ Bare § numbers in this module refer to ``docs/methods.md``.
 """
 
 from __future__ import annotations
+
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -111,13 +114,16 @@ class LCE(CompatibilityMethod):
         variant: str = "official",
         align_weight: float | None = None,
         bound_weight: float | None = None,
-        bound_on_raw_feature: bool = False,
+        bound_on_raw_feature: bool = True,
     ) -> None:
         super().__init__(setup)
         if variant not in _VARIANT_WEIGHTS:
             raise ConfigError(f"lce: variant must be 'official' or 'advbct', got {variant!r}")
         if bound_on_raw_feature and variant != "official":
-            raise ConfigError("lce: bound_on_raw_feature applies to variant='official' only")
+            raise ConfigError(
+                "lce: bound_on_raw_feature applies to variant='official' only (with variant='advbct' set "
+                "bound_on_raw_feature=false, or run --preset advbct_reimpl)"
+            )
         default_a, default_b = _VARIANT_WEIGHTS[variant]
         self.variant = variant
         self.align_weight = default_a if align_weight is None else float(align_weight)
@@ -164,6 +170,11 @@ class LCE(CompatibilityMethod):
         )
         return {"align": self.align_weight * terms["align"], "bound": self.bound_weight * terms["bound"]}
 
+    variants: ClassVar[dict[str, dict[str, Any]]] = {
+        # LCE as re-implemented in the AdvBCT repository (its table's ``lce`` rows)
+        "advbct_reimpl": {"variant": "advbct", "bound_on_raw_feature": False},
+    }
+
     @classmethod
     def search_space(cls) -> dict[str, list]:
-        return {"align_weight": [1.0, 10.0, 100.0], "bound_weight": [0.5, 1.0, 2.0]}
+        return {"align_weight": [1.0, 10.0, 30.0, 100.0], "bound_weight": [0.25, 0.5, 1.0, 2.0]}

@@ -123,4 +123,9 @@ class NDPP(PseudoOldPrototypeMethod):
 
     @classmethod
     def search_space(cls) -> dict[str, list]:
-        return {"epsilon": [0.05, 0.1, 0.2]}
+        return {
+            "epsilon": [0.0, 0.05, 0.1, 0.2],
+            "rho": [0.25, 0.5, 1.0],
+            "weight": [0.5, 1.0, 2.0],
+            "tau_nb": [0.05, 0.1, 0.2],
+        }

@@ -409,4 +409,8 @@ class OnlineBackfill(CompatibilityMethod):
 
     @classmethod
     def search_space(cls) -> dict[str, list]:
-        return {"lambda_mc": [0.5, 1.0, 2.0], "temperature": [0.05, 0.1]}
+        return {
+            "lambda_mc": [0.5, 1.0, 2.0],
+            "temperature": [0.02, 0.05, 0.1, 0.2],
+            "psi_lr": [3e-4, 1e-3, 3e-3],
+        }

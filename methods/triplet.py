@@ -53,4 +53,4 @@ class Triplet(CompatibilityMethod):
 
     @classmethod
     def search_space(cls) -> dict[str, list]:
-        return {"weight": [0.5, 1.0, 2.0], "margin": [0.4, 0.8]}
+        return {"weight": [0.5, 1.0, 2.0], "margin": [0.1, 0.2, 0.4, 0.8]}

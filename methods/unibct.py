@@ -53,6 +53,8 @@ Bare § numbers in this module refer to ``docs/methods.md``.
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 import torch.nn.functional as F
 
@@ -227,6 +229,11 @@ class UniBCT(CompatibilityMethod):
             self.prototypes = stored.to(device=self.prototypes.device, dtype=self.prototypes.dtype)
             self._restored_refined = True
 
+    variants: ClassVar[dict[str, dict[str, Any]]] = {
+        # UniBCT as the AdvBCT table ran it: no structural refinement, prototypes of the old classes only
+        "advbct_table": {"refine": False, "prototype_classes": "old"},
+    }
+
     @classmethod
     def search_space(cls) -> dict[str, list]:
-        return {"weight": [0.5, 1.0, 2.0], "margin": [0.1, 0.3, 0.5]}
+        return {"weight": [0.5, 1.0, 2.0], "margin": [0.1, 0.2, 0.3, 0.5], "scale": [16.0, 30.0, 64.0]}

@@ -301,6 +301,7 @@ def test_pipeline_run_all_uses_the_queue_unless_jobs_is_one(tmp_path, monkeypatc
         "runtime": None,
         "jobs": None,
         "force": True,
+        "preset": None,
     }
     assert pipeline.run_all(ctx, methods=["bct", "l2"], seeds=[0]) == []  # jobs=1: in this process
     assert calls == [("run", "bct", 0), ("run", "l2", 0)]

@@ -88,10 +88,10 @@ class RunContext:
     def gldv2_root(self) -> Path:
         return self.data_root / self.spec.data.root
 
-    def run_dir(self, method: str, seed: int, digest: str = "default") -> Path:
+    def run_dir(self, method: str, seed: int, digest: str = "default", preset: str | None = None) -> Path:
         from bctbench.results import run_label
 
-        return self.cache_root / "runs" / self.spec.name / run_label(method, digest) / f"seed{seed}"
+        return self.cache_root / "runs" / self.spec.name / run_label(method, digest, preset) / f"seed{seed}"
 
     def old_key(self) -> str:
         """Hash of everything the old model depends on (not the eval protocol)."""

@@ -185,7 +185,15 @@ def train_generation(
     return OldModelRef(ckpt, info["identity"]), {**info, "path": str(ckpt.resolve())}
 
 
-def run_sequential(ctx: RunContext, cls: type, method_kw: dict[str, Any], *, seed: int, runtime: Runtime):
+def run_sequential(
+    ctx: RunContext,
+    cls: type,
+    method_kw: dict[str, Any],
+    *,
+    seed: int,
+    runtime: Runtime,
+    preset: str | None = None,
+):
     """Sequential benchmark run: g0 (the shared old model), then g1 ... g{T-1} by the method, each with its
     immediate predecessor frozen as the old model; then the compatibility matrix over all generations
     (``g{i} -> g{j}``, ``i >= j``) on every eval set plus AC / AA (``docs/evaluation.md`` §5.3). Writes and returns
@@ -259,6 +267,7 @@ def run_sequential(ctx: RunContext, cls: type, method_kw: dict[str, Any], *, see
         env={**prov.get("env", {}), "num_workers": _workers(ctx, runtime)},
         eval_variants=_eval_variants(spec, dataset_sha256),
         timings=timings,
+        preset=preset,
     )
     path = write_result(result, ctx.results_root)
     log.info("result written: %s", path)

@@ -6,13 +6,17 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from bctbench.config import (
     method_annotations,
     parse_set_options,
     split_overrides,
 )
-from bctbench.errors import BCTBenchError
+from bctbench.errors import BCTBenchError, ConfigError
 from bctbench.pipeline.context import (
     RunContext,
     Runtime,
@@ -56,40 +60,86 @@ from bctbench.pipeline.trainer import (
 log = logging.getLogger("bctbench")
 
 
-def run(
+@dataclass
+class TrainedRun:
+    """A method trained against old model ``seed`` (what :func:`train_method` returns on rank 0)."""
+
+    cls: type
+    model: Any
+    seed: int
+    old_ref: Any
+    dataset_sha256: str | None
+    hparams: dict[str, Any]
+    digest: str
+    run_dir: Path
+    work: Path
+    ckpt_path: str | None
+    logger: Any
+    wandb_dir: Path
+    eval_sets: list
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_method(
     ctx: RunContext,
     method_name: str,
     *,
-    seed: int = 0,
-    overrides: list[str] | None = None,
-    runtime: Runtime | None = None,
-):
-    """Train, evaluate and record one (method, seed) run; returns the written :class:`RunResult`."""
-    import lightning.pytorch as pl
-
-    from bctbench import tracking
+    seed: int,
+    overrides: list[str] | None,
+    runtime: Runtime,
+    preset: str | None = None,
+) -> tuple[type, dict[str, Any], int, Runtime]:
+    """``(method class, its keyword hyperparameters, seed, runtime)`` from a name, ``--set`` options and a
+    preset (which cannot be combined with hyperparameter ``--set`` options). Fails before any work."""
+    from bctbench import presets
     from bctbench.registry import get_method
-    from bctbench.results import RunResult, collect_provenance, run_label, write_result
 
-    runtime = runtime or Runtime()
     cls = get_method(method_name)  # unknown names fail here, before any work
     params = method_parameters(cls)
     method_kw, runtime_kw = split_overrides(
         parse_set_options(overrides), params, cls.name, method_annotations(cls)
     )
+    if preset is not None:
+        if method_kw:
+            raise ConfigError(
+                f"--preset {preset} and hyperparameter --set options ({', '.join(sorted(method_kw))}) cannot be "
+                "combined: a preset row holds exactly the preset's hyperparameters"
+            )
+        method_kw = presets.resolve(ctx.spec, cls, preset)
     if "seed" in runtime_kw:
         seed = int(runtime_kw.pop("seed"))
-    runtime = runtime.apply(runtime_kw)
-    spec = ctx.spec
-    if spec.sequential_steps > 1:
-        return run_sequential(ctx, cls, method_kw, seed=seed, runtime=runtime)
-    timings: dict[str, float] = {}
+    return cls, method_kw, seed, runtime.apply(runtime_kw)
 
+
+def train_method(
+    ctx: RunContext,
+    cls: type,
+    method_kw: dict[str, Any],
+    *,
+    seed: int,
+    runtime: Runtime,
+    preset: str | None = None,
+    eval_sets_loader: Callable[[RunContext], list] = load_eval_sets,
+    run_dir: Path | None = None,
+    wandb_job: str | None = None,
+) -> TrainedRun | None:
+    """Train ``cls`` with ``method_kw`` against old model ``seed`` in ``<run dir>.partial`` (resumable);
+    return the :class:`TrainedRun` on rank 0 (None on other ranks). ``eval_sets_loader`` loads, and so
+    validates, the sets the run will be scored on before any training; ``run_dir`` defaults to the run's cache
+    folder; ``wandb_job`` (None: the method's name) is the W&B job type (no old-model run is logged for a
+    job other than the method's)."""
+    import lightning.pytorch as pl
+
+    from bctbench import tracking
+    from bctbench.results import run_label
+
+    spec = ctx.spec
+    timings: dict[str, float] = {}
     t0 = time.time()
     check_writable(ctx.results_root, ctx.cache_root)
     ensure_dataset(ctx)
     dataset_sha256 = dataset_fingerprint(ctx)
-    eval_sets = load_eval_sets(ctx)  # every input is validated before training
+    eval_sets = eval_sets_loader(ctx)  # every input is validated before training
     _cpu_threads(ctx, runtime)
     old_ref = ensure_old_model(ctx, runtime, seed=seed)  # seed k trains against old model k
     timings["old_model"] = time.time() - t0
@@ -107,7 +157,7 @@ def run(
 
     hparams = {k: v for k, v in model.hparams.items() if k != "setup"}
     digest = method_hparams_digest(cls, hparams)
-    run_dir = ctx.run_dir(cls.name, seed, digest)
+    run_dir = run_dir if run_dir is not None else ctx.run_dir(cls.name, seed, digest, preset)
     provenance = {
         "method": cls.name,
         "seed": seed,
@@ -122,6 +172,7 @@ def run(
         "benchmark": spec.name,
         "benchmark_sha256": spec.sha256,
         "method": cls.name,
+        "preset": preset,
         "seed": seed,
         "method_hparams": hparams,
         "hparams_digest": digest,
@@ -133,7 +184,7 @@ def run(
     if _primary_process():
         (work / "config.json").write_text(json.dumps(config, indent=2, default=str))
     wandb_dir = ctx.results_root.parent / "wandb-runs"
-    if runtime.wandb and _primary_process():
+    if runtime.wandb and _primary_process() and wandb_job is None:
         tracking.log_old_model(spec.name, seed, old_ref.path, old_ref.identity, wandb_dir)
     logger = tracking.make_wandb_logger(
         cls.name,
@@ -142,9 +193,10 @@ def run(
         config,
         wandb_dir,
         enabled=runtime.wandb,
-        label=run_label(cls.name, digest),
+        label=run_label(cls.name, digest, preset),
         hparams_digest=digest,
         old_model=(old_ref.path, old_ref.identity),
+        job_type=wandb_job,
     )
     if logger is None:
         from lightning.pytorch.loggers import CSVLogger
@@ -152,29 +204,72 @@ def run(
         logger = CSVLogger(str(work), name="logs")
     from bctbench.resume import ResumeState
 
-    resume_state = ResumeState(provenance)
     trainer = _trainer(
         ctx,
         runtime,
         max_epochs=spec.training.epochs,
         default_root_dir=work,
         logger=logger,
-        callbacks=[*_callbacks(work, with_lr_monitor=True), resume_state],
+        callbacks=[*_callbacks(work, with_lr_monitor=True), ResumeState(provenance)],
     )
     t0 = time.time()
     _fit(trainer, model, dm, ckpt_path)
     timings["fit"] = time.time() - t0
     _check_old_unchanged(model.old, old_ref)
-
     if trainer.global_rank != 0 and trainer.world_size > 1:
         return None
+    return TrainedRun(
+        cls,
+        model,
+        seed,
+        old_ref,
+        dataset_sha256,
+        hparams,
+        digest,
+        run_dir,
+        work,
+        ckpt_path,
+        logger,
+        wandb_dir,
+        eval_sets,
+        timings,
+    )
+
+
+def run(
+    ctx: RunContext,
+    method_name: str,
+    *,
+    seed: int = 0,
+    overrides: list[str] | None = None,
+    runtime: Runtime | None = None,
+    preset: str | None = None,
+):
+    """Train, evaluate and record one (method, seed) run; returns the written :class:`RunResult`.
+
+    ``preset``: a named hyperparameter preset (``tuned`` or a method variant, :mod:`bctbench.presets`); the
+    run is then its own leaderboard row ``method:<preset>``."""
+    from bctbench import tracking
+    from bctbench.results import RunResult, collect_provenance, write_result
+
+    cls, method_kw, seed, runtime = resolve_method(
+        ctx, method_name, seed=seed, overrides=overrides, runtime=runtime or Runtime(), preset=preset
+    )
+    spec = ctx.spec
+    if spec.sequential_steps > 1:
+        return run_sequential(ctx, cls, method_kw, seed=seed, runtime=runtime, preset=preset)
+    tr = train_method(ctx, cls, method_kw, seed=seed, runtime=runtime, preset=preset)
+    if tr is None:
+        return None
+    timings = tr.timings
     t0 = time.time()
-    encoders = model.encoders()
-    report = evaluate_method(ctx, runtime, model, encoders, eval_sets=eval_sets)
+    encoders = tr.model.encoders()
+    report = evaluate_method(ctx, runtime, tr.model, encoders, eval_sets=tr.eval_sets)
     timings["evaluate"] = time.time() - t0
-    _check_dataset_unchanged(ctx, dataset_sha256)
+    _check_dataset_unchanged(ctx, tr.dataset_sha256)
 
     prov = collect_provenance()
+    wandb_on = tr.logger.__class__.__name__ == "WandbLogger"
     result = RunResult(
         benchmark=spec.name,
         method=cls.name,
@@ -182,12 +277,12 @@ def run(
         metrics=report.rows,
         curves={"backfill": report.curves, "backfill_mode": cls.backfill_mode},
         primary=report.primary,
-        method_hparams=_jsonable(hparams),
-        flags=_flags(cls, hparams, spec),
+        method_hparams=_jsonable(tr.hparams),
+        flags=_flags(cls, tr.hparams, spec),
         benchmark_sha256=spec.sha256,
-        old_identity=old_ref.identity,
+        old_identity=tr.old_ref.identity,
         split_sha256=split_sha256(ctx),
-        hparams_digest=digest,
+        hparams_digest=tr.digest,
         per_query=report.per_query,
         git=prov.get("git", {}),
         env={
@@ -195,21 +290,22 @@ def run(
             "num_workers": _workers(ctx, runtime),
             "precision": training_precision(ctx, runtime),
         },
-        eval_variants={**_eval_variants(spec, dataset_sha256), "encoders": _identities(encoders)},
-        wandb_run=getattr(logger, "version", None) if logger.__class__.__name__ == "WandbLogger" else None,
+        eval_variants={**_eval_variants(spec, tr.dataset_sha256), "encoders": _identities(encoders)},
+        wandb_run=getattr(tr.logger, "version", None) if wandb_on else None,
         timings=timings,
-        resumed=ckpt_path is not None,
+        resumed=tr.ckpt_path is not None,
+        preset=preset,
     )
     path = write_result(result, ctx.results_root)
-    _commit(work, run_dir)
+    _commit(tr.work, tr.run_dir)
     log.info("result written: %s", path)
-    if logger.__class__.__name__ == "WandbLogger":
+    if wandb_on:
         tracking.log_run_result(
             result,
             path,
-            save_dir=wandb_dir,
+            save_dir=tr.wandb_dir,
             board=board_summary(ctx, result),
-            checkpoint=run_dir / "checkpoints" / "last.ckpt",
+            checkpoint=tr.run_dir / "checkpoints" / "last.ckpt",
         )
     return result
 
@@ -240,6 +336,7 @@ def run_all(
     runtime: Runtime | None = None,
     jobs: int | None = 1,
     force: bool = False,
+    preset: str | None = None,
 ) -> list[str]:
     """Run every (method, seed); a failing run is reported and the others go on. Returns failed run names.
 
@@ -253,13 +350,20 @@ def run_all(
         from bctbench.run_queue import run_queue
 
         return run_queue(
-            ctx, methods=methods, seeds=seeds, overrides=overrides, runtime=runtime, jobs=jobs, force=force
+            ctx,
+            methods=methods,
+            seeds=seeds,
+            overrides=overrides,
+            runtime=runtime,
+            jobs=jobs,
+            force=force,
+            preset=preset,
         )
     failed = []
     for name in methods or list_methods():
         for seed in seeds or list(ctx.spec.seeds):
             try:
-                run(ctx, name, seed=seed, overrides=overrides, runtime=runtime)
+                run(ctx, name, seed=seed, overrides=overrides, runtime=runtime, preset=preset)
             except BCTBenchError as exc:
                 log.error("error: %s seed %d: %s", name, seed, exc)
                 failed.append(f"{name}/seed{seed}")

@@ -53,7 +53,7 @@ def test_lce_official_centres_and_boundaries_match_a_per_class_loop(setup):
 
 
 def test_lce_advbct_class_mask_excludes_new_classes(setup, loader):
-    model, store = _build("lce", setup, variant="advbct")
+    model, store = _build("lce", setup, variant="advbct", bound_on_raw_feature=False)
     assert (model.align_weight, model.bound_weight) == (1.0, 1.0)
     meta = store.get("advbct_meta")
     assert model.class_mask.tolist() == [True] * C_OLD + [False] * (C_NEW - C_OLD)
@@ -74,8 +74,8 @@ def test_lce_advbct_class_mask_excludes_new_classes(setup, loader):
 
 def test_lce_bound_on_raw_feature_flag_changes_the_boundary_term(setup, loader):
     torch.manual_seed(0)
-    a, _ = _build("lce", setup)
-    b, _ = _build("lce", setup, bound_on_raw_feature=True)
+    a, _ = _build("lce", setup, bound_on_raw_feature=False)
+    b, _ = _build("lce", setup)  # default: raw feature, as the official code
     b.new.load_state_dict(a.new.state_dict())
     batch = _first_batch(loader)
     ta = a.compatibility_loss(batch, _outputs(a, batch)[0], None)

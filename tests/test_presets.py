@@ -1,0 +1,90 @@
+"""Named presets: paper variants declared by methods, tuned-preset files, labels and the refusals."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from bctbench import presets
+from bctbench.config import load_benchmark
+from bctbench.errors import ConfigError
+from bctbench.pipeline import method_parameters
+from bctbench.registry import get_method, list_methods
+from bctbench.results import run_label
+
+
+def test_every_declared_variant_names_hyperparameters_only():
+    declared = 0
+    for name in list_methods():
+        cls = get_method(name)
+        params = method_parameters(cls)
+        for variant, values in (getattr(cls, "variants", None) or {}).items():
+            assert presets.NAME_RE.match(variant) and variant != presets.TUNED
+            assert set(values) <= set(params), (name, variant)
+            assert any(params[k] != v for k, v in values.items()), (name, variant, "equals the defaults")
+            declared += 1
+    assert declared >= 4  # bct old_classes, lce advbct_reimpl, unibct advbct_table, advbct fixed
+
+
+def test_every_search_space_covers_hyperparameters_with_several_values():
+    for name in list_methods():
+        cls = get_method(name)
+        space = cls.search_space()
+        params = method_parameters(cls)
+        assert set(space) <= set(params), name
+        assert all(len(v) >= 2 and len(set(map(repr, v))) == len(v) for v in space.values()), name
+        if name != "independent":
+            assert space, f"{name} declares no search space"
+
+
+def test_resolve_variant_and_refusals(tmp_path, monkeypatch):
+    spec = load_benchmark("smoke")
+    bct = get_method("bct")
+    assert presets.resolve(spec, bct, "old_classes") == {"new_class_rows": "none"}
+    with pytest.raises(ConfigError, match="has no preset 'nosuch' \\(available: .*old_classes"):
+        presets.resolve(spec, bct, "nosuch")
+    with pytest.raises(ConfigError, match="invalid preset name"):
+        presets.resolve(spec, bct, "Bad Name")
+    monkeypatch.setattr(presets, "presets_dir", lambda: tmp_path)  # no tuned presets at all
+    with pytest.raises(ConfigError, match="has no tuned preset for benchmark 'smoke'"):
+        presets.resolve(spec, get_method("l2"), "tuned")
+
+
+def test_tuned_file_is_read_and_checked(tmp_path, monkeypatch):
+    monkeypatch.setattr(presets, "presets_dir", lambda: tmp_path)
+    spec = load_benchmark("smoke")
+    bct = get_method("bct")
+    path = presets.preset_file("smoke", "bct")
+    path.parent.mkdir(parents=True)
+    doc = {
+        "format": presets.FORMAT,
+        "method": "bct",
+        "benchmark": "smoke",
+        "chosen": {"weight": 2.0},
+        "trials": [{"trial": 0}],
+        "complete": False,
+    }
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError, match="tuning is not complete \\(1 trials so far\\)"):
+        presets.resolve(spec, bct, "tuned")
+    path.write_text(yaml.safe_dump(doc | {"complete": True}))
+    assert presets.resolve(spec, bct, "tuned") == {"weight": 2.0}
+    assert presets.available(spec, bct)[0] == "tuned"
+    path.write_text(yaml.safe_dump(doc | {"complete": True, "chosen": {"nosuch": 1}}))
+    with pytest.raises(ConfigError, match="'nosuch' is not a hyperparameter"):
+        presets.resolve(spec, bct, "tuned")
+    path.write_text("format: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        presets.resolve(spec, bct, "tuned")
+
+
+def test_labels_and_cli_refusal(capsys):
+    from bctbench.cli import main
+
+    assert run_label("bct", "default", "old_classes") == "bct:old_classes"
+    assert run_label("bct", "1a2b3c4d") == "bct@1a2b3c4d"
+    code = main(
+        ["run", "-b", "smoke", "-m", "bct", "--preset", "old_classes", "--set", "weight=2", "--no-wandb"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot be combined" in err and len(err.strip().splitlines()) == 1
