@@ -15,7 +15,6 @@ exception when asked for by name, and only a warning when listing.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import re
 import warnings
 from importlib.metadata import entry_points
@@ -26,14 +25,14 @@ from bctbench.errors import BCTBenchError, UnknownMethodError, describe
 
 ENTRY_POINT_GROUP = "bctbench.methods"
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+BUILTIN_PACKAGE = "bctbench.methods"  # the repository's methods/ folder
 _REGISTRY: dict[str, type] = {}
 
 
 def _builtin_dir() -> Path:
-    spec = importlib.util.find_spec("methods")
-    if spec is None or not spec.submodule_search_locations:
-        return Path(__file__).resolve().parent.parent / "methods"
-    return Path(next(iter(spec.submodule_search_locations)))
+    from bctbench._layout import subpackage_dir
+
+    return subpackage_dir(BUILTIN_PACKAGE)
 
 
 def register_method(name: str | None = None):
@@ -150,9 +149,10 @@ def get_method(name: str) -> type:
     if not _NAME_RE.match(name):
         raise _unknown(name)
     if name in builtin_method_names():
-        _import_plugin_module(name, f"methods.{name}", f"module methods.{name}")
+        module_name = f"{BUILTIN_PACKAGE}.{name}"
+        _import_plugin_module(name, module_name, f"module {module_name}")
         if name not in _REGISTRY:
-            raise BCTBenchError(f"methods/{name}.py does not register a method named '{name}'")
+            raise BCTBenchError(f"module {module_name} does not register a method named '{name}'")
         return _REGISTRY[name]
     for ep in _entry_points():
         if ep.name == name:

@@ -100,7 +100,7 @@ def test_template_is_a_valid_plugin_skeleton():
     # The template is not discovered, but it must import and subclass the contract correctly.
     import importlib
 
-    mod = importlib.import_module("methods._template")
+    mod = importlib.import_module("bctbench.methods._template")
     try:
         assert issubclass(mod.MyMethod, CompatibilityMethod)
         assert set(mod.MyMethod.search_space()) <= {"weight"}
