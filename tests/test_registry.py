@@ -38,7 +38,9 @@ def test_unknown_method_lists_valid_names():
 def test_duplicate_name_raises():
     registry.register_method("dup_test")(_make_cls("a"))
     try:
-        with pytest.raises(BCTBenchError, match="already registered"):
+        with pytest.raises(
+            BCTBenchError, match="already registered by fake_a.M_a; fake_b.M_b cannot register"
+        ):
             registry.register_method("dup_test")(_make_cls("b"))
     finally:
         registry.unregister_method("dup_test")
