@@ -8,6 +8,7 @@ import pytest
 from bctbench import registry
 from bctbench.errors import BCTBenchError, UnknownMethodError
 from bctbench.method import CompatibilityMethod
+from bctbench.testing import check_method
 
 
 def _make_cls(name):
@@ -105,7 +106,7 @@ def test_template_is_a_valid_plugin_skeleton():
     mod = importlib.import_module("bctbench.methods._template")
     try:
         assert issubclass(mod.MyMethod, CompatibilityMethod)
-        assert set(mod.MyMethod.search_space()) <= {"weight"}
+        check_method(mod.MyMethod)  # the public contract checks (bctbench.testing)
     finally:
         registry.unregister_method("my_method")
     assert textwrap.dedent(mod.__doc__).strip()

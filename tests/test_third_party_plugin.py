@@ -12,6 +12,7 @@ from bctbench import registry
 from bctbench.cli import main
 from bctbench.errors import BCTBenchError
 from bctbench.results import hparams_digest, read_result, result_path
+from bctbench.testing import check_method
 
 PLUGIN = '''
 """Demo third-party method: BCT-style l2 pull with a custom weight."""
@@ -98,6 +99,10 @@ def test_import_string_resolves_the_same_class(plugin_package):
     assert cls.name == "demo_ext" and registry.get_method("demo_ext") is cls
 
 
+def test_the_plugin_keeps_the_contract(plugin_package, tmp_path):
+    check_method("demo_ext", workdir=tmp_path)
+
+
 def _one_error_line(capsys, *argv: str) -> str:
     code = main(list(argv))
     err = capsys.readouterr().err
@@ -118,6 +123,8 @@ def test_an_entry_point_name_other_than_the_class_name_is_one_line(plugin_packag
         "method name is 'demo_ext', not 'demo_alias'",
     ):
         assert needle in line, (needle, line)
+    with pytest.raises(AssertionError, match="cannot be loaded: .*not 'demo_alias'"):
+        check_method("demo_alias")
 
 
 def test_two_plugins_with_one_name_are_one_line_naming_both(plugin_package, tmp_path, capsys):
