@@ -195,7 +195,9 @@ import json, sys
 import bctbench
 from bctbench import registry
 from bctbench.config import BENCHMARKS_DIR, list_benchmarks
+from bctbench.testing import check_method
 loaded = registry.load_all_methods()
+check_method("l2")  # the public contract checks work from the installed package
 print(json.dumps({"file": bctbench.__file__, "benchmarks": str(BENCHMARKS_DIR), "specs": list_benchmarks(),
                   "methods": sorted(loaded),
                   "top_level": sorted(m for m in sys.modules if m.split(".")[0] in ("methods", "datamodules"))}))
