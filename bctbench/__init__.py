@@ -10,7 +10,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from bctbench._layout import install_checkout_finder
 from bctbench.errors import BCTBenchError, ConfigError, DataError, EvaluationError, UnknownMethodError
+
+install_checkout_finder()
 
 # The rest of the public API is imported on first use (PEP 562), so that `import bctbench.evaluation.metrics`
 # or `bctbench leaderboard` do not pay for Lightning (about 2 s and 200 MiB).

@@ -237,8 +237,8 @@ def _cmd_benchmarks(args: argparse.Namespace) -> int:
 
 
 def _cmd_make_synthetic(args: argparse.Namespace) -> int:
+    from bctbench.datamodules.synthetic import SyntheticConfig, make_synthetic
     from bctbench.paths import resolve_data_root
-    from datamodules.synthetic import SyntheticConfig, make_synthetic
 
     config = SyntheticConfig.tiny() if args.size == "tiny" else SyntheticConfig()
     path = make_synthetic(

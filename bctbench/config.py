@@ -24,9 +24,12 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from bctbench._layout import subpackage_dir
 from bctbench.errors import ConfigError
 
-BENCHMARKS_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
+#: The shipped specs and pinned old models: the folder of the ``bctbench.benchmarks`` package (package data of
+#: an installed wheel; ``benchmarks/`` of the repository in a checkout or an editable install).
+BENCHMARKS_DIR = subpackage_dir("bctbench.benchmarks")
 
 DATASETS = ("synthetic", "gldv2")
 ALLOCATIONS = (

@@ -15,7 +15,6 @@ exception when asked for by name, and only a warning when listing.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import re
 import warnings
 from importlib.metadata import entry_points
@@ -26,14 +25,14 @@ from bctbench.errors import BCTBenchError, UnknownMethodError, describe
 
 ENTRY_POINT_GROUP = "bctbench.methods"
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+BUILTIN_PACKAGE = "bctbench.methods"  # the repository's methods/ folder
 _REGISTRY: dict[str, type] = {}
 
 
 def _builtin_dir() -> Path:
-    spec = importlib.util.find_spec("methods")
-    if spec is None or not spec.submodule_search_locations:
-        return Path(__file__).resolve().parent.parent / "methods"
-    return Path(next(iter(spec.submodule_search_locations)))
+    from bctbench._layout import subpackage_dir
+
+    return subpackage_dir(BUILTIN_PACKAGE)
 
 
 def register_method(name: str | None = None):
@@ -47,7 +46,8 @@ def register_method(name: str | None = None):
         if existing is not None and existing is not cls:
             if (existing.__module__, existing.__qualname__) != (cls.__module__, cls.__qualname__):
                 raise BCTBenchError(
-                    f"method name '{key}' is already registered by {existing.__module__}.{existing.__qualname__}"
+                    f"method name '{key}' is already registered by {existing.__module__}.{existing.__qualname__}; "
+                    f"{cls.__module__}.{cls.__qualname__} cannot register it too"
                 )
         cls.name = key
         _REGISTRY[key] = cls
@@ -73,6 +73,28 @@ def builtin_method_names() -> list[str]:
 
 def _entry_points() -> list[Any]:
     return list(entry_points(group=ENTRY_POINT_GROUP))
+
+
+def _entry_point_origin(ep: Any) -> str:
+    """``entry point 'name = module:Class' of distribution 'dist'`` (for messages)."""
+    dist = getattr(ep, "dist", None)
+    dist_name = getattr(dist, "name", None) if dist is not None else None
+    return f"entry point '{ep.name} = {ep.value}' of distribution '{dist_name or '?'}'"
+
+
+def _claims(name: str) -> tuple[bool, list[Any]]:
+    """Who provides method ``name``: (a built-in file ``methods/<name>.py`` exists, its entry points). More than
+    one claim is an error naming all of them."""
+    builtin = name in builtin_method_names()
+    eps = [ep for ep in _entry_points() if ep.name == name]
+    if builtin + len(eps) > 1:
+        who = ([f"built-in module {BUILTIN_PACKAGE}.{name}"] if builtin else []) + [
+            _entry_point_origin(ep) for ep in eps
+        ]
+        raise BCTBenchError(
+            f"method name '{name}' is claimed by {' and by '.join(who)}; uninstall or rename one of them"
+        )
+    return builtin, eps
 
 
 def list_methods() -> list[str]:
@@ -129,13 +151,20 @@ def _load_import_string(target: str) -> type:
     return obj
 
 
-def _checked(cls: Any, origin: str) -> type:
+def _checked(cls: Any, origin: str, expected_name: str | None = None) -> type:
+    """``cls`` if it is a named :class:`CompatibilityMethod` subclass (named ``expected_name`` when given: the
+    entry point's name), registered under its name; else a one-line :class:`BCTBenchError` naming ``origin``."""
     from bctbench.method import CompatibilityMethod  # local: keeps `list_methods` light
 
     if not (isinstance(cls, type) and issubclass(cls, CompatibilityMethod)):
         raise BCTBenchError(f"{origin} does not name a CompatibilityMethod subclass (got {cls!r})")
     if not getattr(cls, "name", None):
         raise BCTBenchError(f"{origin}: method class has no name")
+    if expected_name is not None and cls.name != expected_name:
+        raise BCTBenchError(
+            f"{origin} loads {cls.__module__}.{cls.__qualname__}, whose method name is '{cls.name}', not "
+            f"'{expected_name}': the entry-point name and the class's name must be the same"
+        )
     if cls.name not in _REGISTRY:
         register_method(cls.name)(cls)
     return cls
@@ -143,25 +172,26 @@ def _checked(cls: Any, origin: str) -> type:
 
 def get_method(name: str) -> type:
     """Return the method class for ``name`` (see module docstring for the resolution order)."""
-    if name in _REGISTRY:
-        return _REGISTRY[name]
     if ":" in name:
         return _checked(_load_import_string(name), name)
     if not _NAME_RE.match(name):
         raise _unknown(name)
-    if name in builtin_method_names():
-        _import_plugin_module(name, f"methods.{name}", f"module methods.{name}")
-        if name not in _REGISTRY:
-            raise BCTBenchError(f"methods/{name}.py does not register a method named '{name}'")
+    builtin, eps = _claims(name)  # two plugins with one name: an error, whichever was imported first
+    if name in _REGISTRY:
         return _REGISTRY[name]
-    for ep in _entry_points():
-        if ep.name == name:
-            module_name = getattr(ep, "module", None) or ep.value.partition(":")[0]
-            try:
-                cls = ep.load()
-            except (Exception, SystemExit) as exc:  # noqa: BLE001 - a broken plugin: loud when asked for by name
-                raise _load_failed(name, f"entry point {ep.value}, module {module_name}", exc) from None
-            return _checked(cls, f"entry point '{name}' ({ep.value})")
+    if builtin:
+        module_name = f"{BUILTIN_PACKAGE}.{name}"
+        _import_plugin_module(name, module_name, f"module {module_name}")
+        if name not in _REGISTRY:
+            raise BCTBenchError(f"module {module_name} does not register a method named '{name}'")
+        return _REGISTRY[name]
+    for ep in eps:
+        module_name = getattr(ep, "module", None) or ep.value.partition(":")[0]
+        try:
+            cls = ep.load()
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - a broken plugin: loud when asked for by name
+            raise _load_failed(name, f"entry point {ep.value}, module {module_name}", exc) from None
+        return _checked(cls, _entry_point_origin(ep), expected_name=name)
     raise _unknown(name)
 
 

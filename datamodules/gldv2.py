@@ -48,10 +48,7 @@ from bctbench.data import (
     build_train_transform,
     pil_to_uint8,
 )
-from bctbench.epoch_order import EpochSeededDataset, EpochShuffleSampler
-from bctbench.errors import ConfigError, DataError
-from bctbench.evaluation.evalsets import GLDv2EvalSet
-from datamodules.splits import (
+from bctbench.datamodules.splits import (
     CLASS_SEED,
     DATA_BASE_SEED,
     DEFAULT_RATIO,
@@ -62,6 +59,9 @@ from datamodules.splits import (
     num_steps,
     sequential_pair,
 )
+from bctbench.epoch_order import EpochSeededDataset, EpochShuffleSampler
+from bctbench.errors import ConfigError, DataError
+from bctbench.evaluation.evalsets import GLDv2EvalSet
 
 TRAIN_CLEAN_CSV = "train_clean.csv"
 INDEX_CSV = "index.csv"

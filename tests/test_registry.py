@@ -8,6 +8,7 @@ import pytest
 from bctbench import registry
 from bctbench.errors import BCTBenchError, UnknownMethodError
 from bctbench.method import CompatibilityMethod
+from bctbench.testing import check_method
 
 
 def _make_cls(name):
@@ -38,7 +39,9 @@ def test_unknown_method_lists_valid_names():
 def test_duplicate_name_raises():
     registry.register_method("dup_test")(_make_cls("a"))
     try:
-        with pytest.raises(BCTBenchError, match="already registered"):
+        with pytest.raises(
+            BCTBenchError, match="already registered by fake_a.M_a; fake_b.M_b cannot register"
+        ):
             registry.register_method("dup_test")(_make_cls("b"))
     finally:
         registry.unregister_method("dup_test")
@@ -100,10 +103,10 @@ def test_template_is_a_valid_plugin_skeleton():
     # The template is not discovered, but it must import and subclass the contract correctly.
     import importlib
 
-    mod = importlib.import_module("methods._template")
+    mod = importlib.import_module("bctbench.methods._template")
     try:
         assert issubclass(mod.MyMethod, CompatibilityMethod)
-        assert set(mod.MyMethod.search_space()) <= {"weight"}
+        check_method(mod.MyMethod)  # the public contract checks (bctbench.testing)
     finally:
         registry.unregister_method("my_method")
     assert textwrap.dedent(mod.__doc__).strip()

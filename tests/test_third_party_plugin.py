@@ -10,7 +10,9 @@ import pytest
 
 from bctbench import registry
 from bctbench.cli import main
+from bctbench.errors import BCTBenchError
 from bctbench.results import hparams_digest, read_result, result_path
+from bctbench.testing import check_method
 
 PLUGIN = '''
 """Demo third-party method: BCT-style l2 pull with a custom weight."""
@@ -34,6 +36,16 @@ class DemoExt(CompatibilityMethod):
 '''
 
 
+def _distribution(site, dist_name: str, entry_points: dict[str, str]) -> None:
+    """A ``.dist-info`` folder in ``site`` declaring ``entry_points`` (name -> ``module:Class``) in the
+    ``bctbench.methods`` group, as ``pip install`` of a plugin package writes it."""
+    dist = site / f"{dist_name.replace('-', '_')}-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist_name}\nVersion: 0.1\n")
+    lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
+    (dist / "entry_points.txt").write_text(f"[bctbench.methods]\n{lines}")
+
+
 @pytest.fixture
 def plugin_package(tmp_path, monkeypatch):
     site = tmp_path / "site"
@@ -41,14 +53,9 @@ def plugin_package(tmp_path, monkeypatch):
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
     (pkg / "plugin.py").write_text(textwrap.dedent(PLUGIN))
-    dist = site / "bctbench_demo_ext-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: bctbench-demo-ext\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(
-        "[bctbench.methods]\ndemo_ext = bctbench_demo_ext.plugin:DemoExt\n"
-    )
+    _distribution(site, "bctbench-demo-ext", {"demo_ext": "bctbench_demo_ext.plugin:DemoExt"})
     monkeypatch.syspath_prepend(str(site))
-    yield
+    yield site
     registry.unregister_method("demo_ext")
     for mod in [m for m in sys.modules if m.startswith("bctbench_demo_ext")]:
         del sys.modules[mod]
@@ -90,3 +97,59 @@ def test_entry_point_plugin_runs_on_smoke(plugin_package, tmp_path, capsys):
 def test_import_string_resolves_the_same_class(plugin_package):
     cls = registry.get_method("bctbench_demo_ext.plugin:DemoExt")
     assert cls.name == "demo_ext" and registry.get_method("demo_ext") is cls
+
+
+def test_the_plugin_keeps_the_contract(plugin_package, tmp_path):
+    check_method("demo_ext", workdir=tmp_path)
+
+
+def _one_error_line(capsys, *argv: str) -> str:
+    code = main(list(argv))
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    (line,) = [line for line in err.splitlines() if line.strip()]
+    assert line.startswith("error: ")
+    return line
+
+
+def test_an_entry_point_name_other_than_the_class_name_is_one_line(plugin_package, tmp_path, capsys):
+    _distribution(plugin_package, "bctbench-demo-alias", {"demo_alias": "bctbench_demo_ext.plugin:DemoExt"})
+    line = _one_error_line(
+        capsys, "run", "-b", "smoke", "-m", "demo_alias", "--no-wandb", "--results-root", str(tmp_path / "r")
+    )
+    for needle in (
+        "distribution 'bctbench-demo-alias'",
+        "entry point 'demo_alias = bctbench_demo_ext.plugin:DemoExt'",
+        "method name is 'demo_ext', not 'demo_alias'",
+    ):
+        assert needle in line, (needle, line)
+    with pytest.raises(AssertionError, match="cannot be loaded: .*not 'demo_alias'"):
+        check_method("demo_alias")
+
+
+def test_two_plugins_with_one_name_are_one_line_naming_both(plugin_package, tmp_path, capsys):
+    _distribution(plugin_package, "bctbench-demo-twin", {"demo_ext": "bctbench_demo_twin.plugin:Twin"})
+    line = _one_error_line(
+        capsys, "run", "-b", "smoke", "-m", "demo_ext", "--no-wandb", "--results-root", str(tmp_path / "r")
+    )
+    assert "method name 'demo_ext' is claimed by " in line
+    assert (
+        "entry point 'demo_ext = bctbench_demo_ext.plugin:DemoExt' of distribution 'bctbench-demo-ext'"
+        in line
+    )
+    assert (
+        "entry point 'demo_ext = bctbench_demo_twin.plugin:Twin' of distribution 'bctbench-demo-twin'" in line
+    )
+    assert "bctbench_demo_twin" not in sys.modules  # refused before importing either
+
+
+def test_an_entry_point_named_like_a_builtin_method_is_refused(plugin_package):
+    _distribution(plugin_package, "bctbench-bct-clone", {"bct": "bctbench_demo_ext.plugin:DemoExt"})
+    with pytest.raises(BCTBenchError) as info:
+        registry.get_method("bct")
+    message = str(info.value)
+    assert "\n" not in message
+    assert (
+        "built-in module bctbench.methods.bct and by entry point 'bct = bctbench_demo_ext.plugin:DemoExt' of distribution 'bctbench-bct-clone'"
+        in message
+    )

@@ -18,7 +18,7 @@ def ensure_dataset(ctx: RunContext) -> None:
     """Generate the embedded synthetic dataset on first use (no-op for real data)."""
     d = ctx.spec.data
     if d.dataset == "synthetic":
-        from datamodules.synthetic import ensure_synthetic, synthetic_size
+        from bctbench.datamodules.synthetic import ensure_synthetic, synthetic_size
 
         name = Path(d.root).parts[0]
         ensure_synthetic(
@@ -41,7 +41,7 @@ def dataset_fingerprint(ctx: RunContext) -> str | None:
 def build_datamodule(ctx: RunContext, stage: str, runtime: Runtime, seed: int, step: int | None = None):
     """Training data of ``stage`` ("old" | "new"); ``step`` = k selects the upgrade k -> k+1 of a sequential
     allocation (required there, None otherwise)."""
-    from datamodules.gldv2 import GLDv2DataModule
+    from bctbench.datamodules.gldv2 import GLDv2DataModule
 
     t = ctx.spec.training
     workers = _workers(ctx, runtime)
@@ -66,7 +66,7 @@ def build_datamodule(ctx: RunContext, stage: str, runtime: Runtime, seed: int, s
 
 def split_sha256(ctx: RunContext) -> str:
     """sha256 of the benchmark's split CSV, as recorded in its lock file."""
-    from datamodules.gldv2 import split_paths
+    from bctbench.datamodules.gldv2 import split_paths
 
     _, lock_path, _ = split_paths(ctx.gldv2_root, ctx.spec.data.allocation)
     return json.loads(lock_path.read_text())["csv_sha256"]
@@ -90,8 +90,8 @@ def test_transform(ctx: RunContext):
 
 
 def load_eval_sets(ctx: RunContext) -> list:
-    from datamodules.gldv2 import load_gldv2_eval_set
-    from datamodules.revisited import load_revisited_eval_set
+    from bctbench.datamodules.gldv2 import load_gldv2_eval_set
+    from bctbench.datamodules.revisited import load_revisited_eval_set
 
     out = []
     for es in ctx.spec.evaluation.eval_sets:
@@ -115,7 +115,7 @@ def _check_dataset_unchanged(ctx: RunContext, dataset_sha256: str | None) -> Non
 
 def prepare_data(ctx: RunContext) -> dict[str, Any]:
     """Validate the dataset, write split files (with lock) and load the eval sets; return a summary."""
-    from datamodules.gldv2 import load_split, prepare_split
+    from bctbench.datamodules.gldv2 import load_split, prepare_split
 
     ensure_dataset(ctx)
     prepare_split(ctx.gldv2_root, ctx.spec.data.allocation, ratio=ctx.spec.data.ratio)

@@ -26,7 +26,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
 
-from datamodules.synthetic import ensure_synthetic, gldv2_root, synthetic_size  # noqa: E402
+from bctbench.datamodules.synthetic import ensure_synthetic, gldv2_root, synthetic_size  # noqa: E402
 
 TARGET = 400.0
 

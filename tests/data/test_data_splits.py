@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bctbench.datamodules import splits as S
 from bctbench.errors import ConfigError
-from datamodules import splits as S
 
 C_GLDV2 = 81_313
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from bctbench.datamodules.gldv2 import GLDv2DataModule
 from bctbench.errors import ConfigError, DataError
-from datamodules.gldv2 import GLDv2DataModule
 
 
 def _dm(tree, allocation="class30to100", stage="new", **kw) -> GLDv2DataModule:

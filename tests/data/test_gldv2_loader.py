@@ -8,10 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bctbench.errors import DataError
-from bctbench.evaluation.evalsets import GLDv2EvalSet
-from datamodules import splits as S
-from datamodules.gldv2 import (
+from bctbench.datamodules import splits as S
+from bctbench.datamodules.gldv2 import (
     find_metadata,
     image_relpath,
     load_gldv2_eval_set,
@@ -22,6 +20,8 @@ from datamodules.gldv2 import (
     read_test_csv,
     read_train_clean,
 )
+from bctbench.errors import DataError
+from bctbench.evaluation.evalsets import GLDv2EvalSet
 
 
 def _err(excinfo, *needles: str) -> str:

@@ -6,9 +6,9 @@ import pickle
 
 import pytest
 
+from bctbench.datamodules.revisited import load_revisited_eval_set
 from bctbench.errors import DataError
 from bctbench.evaluation.evalsets import RevisitedEvalSet
-from datamodules.revisited import load_revisited_eval_set
 
 
 def _err(excinfo, *needles: str) -> str:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from datamodules.synthetic import SyntheticConfig, ensure_synthetic, gldv2_root
+from bctbench.datamodules.synthetic import SyntheticConfig, ensure_synthetic, gldv2_root
 
 from .test_synthetic import colour_histograms, gldv2_eval_arrays, gldv2_map100, revisited_map, rsynth_arrays
 

@@ -19,8 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bctbench.errors import DataError
-from datamodules.synthetic import (
+from bctbench.datamodules.synthetic import (
     GENERATOR_VERSION,
     SyntheticConfig,
     _make_plan,
@@ -31,6 +30,7 @@ from datamodules.synthetic import (
     revisited_root,
     verify_synthetic,
 )
+from bctbench.errors import DataError
 
 HEX16 = re.compile(r"^[0-9a-f]{16}$")
 

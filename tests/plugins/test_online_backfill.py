@@ -14,8 +14,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from bctbench import BCTBenchError, losses
+from bctbench.methods.online_backfill import OnlineBackfill, pk_batches
 from bctbench.registry import get_method
-from methods.online_backfill import OnlineBackfill, pk_batches
 from tests.plugins.conftest import EMBED, IMAGE, EmbeddingArtifactStore, RandomImages, quiet_trainer
 
 FAST = {"psi_hidden": 64}
@@ -66,7 +66,7 @@ def _equal_states(a: dict, b: dict) -> bool:
 
 # ------------------------------------------------------------------------------------------- metadata
 def test_plugin_registers_as_a_merge_mode_reconstruction():
-    import methods.online_backfill as module
+    import bctbench.methods.online_backfill as module
 
     cls = get_method("online_backfill")
     assert cls is OnlineBackfill

@@ -106,7 +106,7 @@ class RefiningStore(FakeArtifactStore):
 
 
 def test_unibct_default_refine_epochs_scale_with_max_epochs():
-    from methods.unibct import default_refine_epochs
+    from bctbench.methods.unibct import default_refine_epochs
 
     assert default_refine_epochs(30) == [10, 20]
     assert default_refine_epochs(3) == [1, 2]

@@ -236,7 +236,9 @@ def _site(tmp_path: Path, monkeypatch, package: str, body: str, entry_point: str
 @pytest.fixture
 def forget_modules():
     yield
-    for mod in [m for m in sys.modules if m.startswith(("bctbench_broken_", "methods.broken_builtin"))]:
+    for mod in [
+        m for m in sys.modules if m.startswith(("bctbench_broken_", "bctbench.methods.broken_builtin"))
+    ]:
         del sys.modules[mod]
 
 
@@ -271,7 +273,7 @@ def test_missing_import_string_module_is_an_unknown_method(world):
 
 
 def test_broken_builtin_methods_file_is_one_line(world, tmp_path, monkeypatch, forget_modules):
-    import methods
+    from bctbench import methods
 
     folder = tmp_path / "extra_methods"
     folder.mkdir()
@@ -280,7 +282,7 @@ def test_broken_builtin_methods_file_is_one_line(world, tmp_path, monkeypatch, f
     real = registry.builtin_method_names
     monkeypatch.setattr(registry, "builtin_method_names", lambda: sorted([*real(), "broken_builtin"]))
     res = run_cli("run", "-b", "smoke", "-m", "broken_builtin", "--no-wandb", "--quiet", *world.args())
-    assert_clean_error(res, "'broken_builtin'", "module methods.broken_builtin", "SyntaxError")
+    assert_clean_error(res, "'broken_builtin'", "module bctbench.methods.broken_builtin", "SyntaxError")
     res = run_cli("methods")  # listing goes on and flags the broken one
     assert res.code == 0 and "BROKEN" in res.out and "independent" in res.out
 

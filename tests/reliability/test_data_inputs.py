@@ -31,9 +31,9 @@ from PIL import Image
 
 from bctbench.artifacts import KINDS, ArtifactStore, TrainingImages
 from bctbench.data import ImageListDataset, build_test_transform, load_rgb
+from bctbench.datamodules.revisited import GndUnpickler, read_gnd
 from bctbench.evaluation.features import FeatureCache, extract_features
 from bctbench.results import read_result
-from datamodules.revisited import GndUnpickler, read_gnd
 
 from .conftest import World, assert_clean_error, run_cli, snapshot
 
