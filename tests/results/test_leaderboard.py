@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -142,18 +143,63 @@ def test_csv(lb: pd.DataFrame) -> None:
         )
 
 
-def test_latex_bolds_only_a_significantly_best_row(lb: pd.DataFrame) -> None:
+def _md_bold(md: str) -> set[str]:
+    return {
+        line.split(" | ")[0].removeprefix("| **").removesuffix("**")
+        for line in md.splitlines()
+        if "| **" in line
+    }
+
+
+def _tex_rows(tex: str) -> dict[str, str]:
+    body = tex[tex.index(r"\midrule") : tex.index(r"\bottomrule")]
+    return {line.split(" & ")[0]: line for line in body.splitlines() if " & " in line}
+
+
+def test_latex_table_has_booktabs_caption_label_and_compiles_structurally(lb: pd.DataFrame) -> None:
     tex = to_latex(lb)
-    assert tex.startswith(r"\begin{tabular}") and r"\bottomrule" in tex
-    lines = {line.split(" & ")[0]: line for line in tex.splitlines() if " & " in line}
-    assert r"$\pm$" in lines["bct"] and r"advbct\_compat" in lines["advbct"]
-    best = lb.loc[lb["best"], "key"].tolist()
-    bold = [k for k, line in lines.items() if r"\textbf{" in line]
-    assert len(bold) == len(best) <= 1
+    assert tex.isascii()
+    for token in (r"\begin{table}", r"\centering", r"\toprule", r"\midrule", r"\bottomrule", r"\end{table}"):
+        assert token in tex
+    assert tex.index(r"\caption{") < tex.index(r"\label{tab:synth_fixture}") < tex.index(r"\begin{tabular}")
+    caption = tex[tex.index(r"\caption{") : tex.index(r"\label{")]
+    for words in ("synth\\_fixture", "rsynth medium mAP", "gsynth private mAP@100", r"$\pm$", "95\\,\\% CI"):
+        assert words in caption
+    assert "landmark bootstrap" in caption and "in parentheses" in caption  # n differs between rows: per cell
+    # balanced braces and environments; every row has as many cells as the column spec
+    assert tex.count("{") - tex.count(r"\{") == tex.count("}") - tex.count(r"\}")
+    for env in ("table", "tabular"):
+        assert tex.count(rf"\begin{{{env}}}") == tex.count(rf"\end{{{env}}}") == 1
+    ncols = len(tex.split(r"\begin{tabular}{", 1)[1].split("}", 1)[0])
+    rows = [line for line in tex.splitlines() if line.endswith(r"\\")]
+    multi = rows[0]  # group header: \multicolumn{k} spans k columns
+    spans = sum(int(k) for k in re.findall(r"\\multicolumn\{(\d+)\}", multi))
+    assert spans + multi.count(" & ") + 1 - len(re.findall(r"\\multicolumn", multi)) == ncols
+    assert all(line.count(" & ") == ncols - 1 for line in rows[1:])
+    lines = _tex_rows(tex)
+    assert "46.00 $\\pm$ 5.02 (3)" in lines["bct"] and r"advbct\_compat" in lines["advbct"]
+    assert r"\checkmark{}\,\checkmark{}" in lines["bct"]  # compat ✓✓
+
+
+def test_latex_bolds_exactly_what_markdown_bolds(lb: pd.DataFrame) -> None:
+    tex = to_latex(lb)
+    bold = {k for k, line in _tex_rows(tex).items() if r"\textbf{" in line}
+    assert bold == _md_bold(to_markdown(lb)) == set(lb.loc[lb["best"], "key"])
+    assert "none is bold" in tex if not bold else "Bold:" in tex
     forced = lb.copy()
     forced["best"] = forced["key"] == "bct"
-    assert r"\textbf{bct}" in to_latex(forced)
-    assert "**bct**" in to_markdown(forced)
+    tex = to_latex(forced)
+    rows = _tex_rows(tex)
+    assert r"\textbf{bct}" in tex and {k for k, v in rows.items() if r"\textbf" in v} == {r"\textbf{bct}"}
+    assert _md_bold(to_markdown(forced)) == {"bct"}
+    assert rows[r"\textbf{bct}"].count(r"\textbf") == 1  # the name only, never an overlapping mean
+    assert "Bold: bct, significantly better" in tex
+
+
+def test_latex_states_n_once_when_every_cell_shares_it(results: list[RunResult]) -> None:
+    three = leaderboard([r for r in results if r.method in ("independent", "bct")])
+    tex = to_latex(three)
+    assert "$n = 3$ seeds" in tex and "(3)" not in tex and "in parentheses" not in tex
 
 
 def test_plots(results: list[RunResult], lb: pd.DataFrame, tmp_path: Path) -> None:
