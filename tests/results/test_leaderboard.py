@@ -202,19 +202,23 @@ def test_latex_states_n_once_when_every_cell_shares_it(results: list[RunResult])
     assert "$n = 3$ seeds" in tex and "(3)" not in tex and "in parentheses" not in tex
 
 
+FIGURES = [
+    "backfill_rsynth_headline",
+    "backfill_rsynth_merge_random",
+    "backfill_rsynth_mixed_random",
+    "backfill_rsynth_mixed_uncertainty",
+    "p_up_vs_p_comp",
+    "self_cross_gsynth",
+    "self_cross_rsynth",
+]
+
+
 def test_plots(results: list[RunResult], lb: pd.DataFrame, tmp_path: Path) -> None:
     paths = plot_leaderboard(results_frame(results), tmp_path / "plots", lb)
-    names = sorted(p.name for p in paths)
-    assert names == [
-        "backfill_rsynth_headline.png",
-        "backfill_rsynth_merge_random.png",
-        "backfill_rsynth_mixed_random.png",
-        "backfill_rsynth_mixed_uncertainty.png",
-        "p_up_vs_p_comp.png",
-        "self_cross.png",
-    ]
+    assert sorted(p.name for p in paths) == sorted(f"{s}.{ext}" for s in FIGURES for ext in ("pdf", "png"))
     for p in paths:
-        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000
+        magic = b"%PDF-" if p.suffix == ".pdf" else b"\x89PNG\r\n\x1a\n"
+        assert p.read_bytes().startswith(magic) and p.stat().st_size > 1000
 
 
 def test_headline_backfill_curves_use_each_methods_own_mode(results, lb, tmp_path: Path) -> None:
@@ -227,7 +231,9 @@ def test_headline_backfill_curves_use_each_methods_own_mode(results, lb, tmp_pat
         ("advbct", "mixed"),
     }
     paths = plot_leaderboard(frame, tmp_path / "plots", lb, curve_methods=["independent", "bct"])
-    assert "backfill_rsynth_headline_selected.png" in {p.name for p in paths}
+    assert {"backfill_rsynth_headline_selected.png", "backfill_rsynth_headline_selected.pdf"} <= {
+        p.name for p in paths
+    }
     with pytest.raises(ConfigError, match="no random-order curves for nosuch"):
         plot_leaderboard(frame, tmp_path / "plots", lb, curve_methods=["bct", "nosuch"])
 
@@ -236,7 +242,8 @@ def test_render(results_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "lb.md"
     text = render(None, BENCH, fmt="md", out=out, plots_dir=tmp_path / "p", reference_root=results_root)
     assert out.read_text() == text == GOLDEN.read_text(encoding="utf-8")
-    assert len(list((tmp_path / "p").glob("*.png"))) == 6
+    assert sorted(p.stem for p in (tmp_path / "p").glob("*.png")) == FIGURES
+    assert sorted(p.stem for p in (tmp_path / "p").glob("*.pdf")) == FIGURES
     assert render(results_root, BENCH, fmt="csv").startswith("method,key,name,origin,role,flags,seeds,")
     with pytest.raises(ConfigError, match="unknown leaderboard format 'html'"):
         render(results_root, BENCH, fmt="html")
