@@ -257,14 +257,14 @@ def _draw_curve(
     baseline: bool = False,
     band_alpha: float = 0.15,
 ) -> tuple[Any, float, int]:
-    """One method's mean curve in its fixed style with its CI band (a ``baseline``: dashed, no markers).
-    Returns ``(line, last mean, seeds)``."""
+    """One method's mean curve in its fixed style with its CI band (a ``baseline``: no markers, dashed, or
+    dotted for a ``(yours)`` row). Returns ``(line, last mean, seeds)``."""
     st = method_style(key)
     x, mean, half, n = curve_stats(points)
     (line,) = ax.plot(
         x,
         mean,
-        ls="--" if baseline else ls,
+        ls=(":" if st.hollow else "--") if baseline else ls,  # a "(yours)" baseline dotted
         color=st.color,
         marker="none" if baseline else st.marker,
         mfc=st.face,
