@@ -37,7 +37,7 @@ reference: $(STAMP) ## maintainers: every method x SEEDS into results/reference 
 smoke: $(STAMP) ## every registered method on the tiny smoke benchmark (CPU, CI-sized)
 	$(BIN)/bctbench run-all --benchmark smoke --seeds 0 $(ARGS)
 
-leaderboard: $(STAMP) ## print the leaderboard of BENCH: reference results + yours (results/local), + PDF/PNG figures
+leaderboard: $(STAMP) ## print the leaderboard of BENCH: reference results + yours (results/local), + PNG plots
 	$(BIN)/bctbench leaderboard --benchmark $(BENCH) $(ARGS)
 
 reevaluate: $(STAMP) ## re-score BENCH's finished runs with the spec's current evaluation section
