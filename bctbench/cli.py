@@ -152,12 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmark", "-b", required=True)
     p.add_argument("--format", choices=("md", "csv", "latex"), default="md")
     p.add_argument("--out", default=None, help="write to this file instead of stdout")
-    p.add_argument("--plots", default=None, help="folder for PNG plots (default: results/<benchmark>/plots)")
+    p.add_argument(
+        "--plots",
+        default=None,
+        help="folder for the figures, each as PDF and PNG (default: results/<benchmark>/plots)",
+    )
     p.add_argument(
         "--curve-methods",
         nargs="+",
         default=None,
-        help="methods of an extra headline backfilling plot (backfill_<eval_set>_headline_selected.png)",
+        help="methods of an extra headline backfilling figure per eval set (backfill_<eval_set>_headline_selected.pdf/.png)",
     )
     p.add_argument(
         "--results-root", default=None, help="your runs (default: $BCTBENCH_RESULTS or ./results/local)"

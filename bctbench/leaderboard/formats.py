@@ -4,6 +4,7 @@ half-width (n)``, mAP and AUC ×100."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -27,15 +28,16 @@ def _finite(x: Any) -> bool:
     return isinstance(x, int | float | np.floating | np.integer) and math.isfinite(float(x))
 
 
-def _fmt_cell(mean: Any, lo: Any, hi: Any, n: Any, scale: float, pm: str = "±") -> str:
-    """``mean ± half (n)`` (×``scale``); ``half`` is the 95 % CI half-width; ``–`` when there is no mean."""
+def _fmt_cell(mean: Any, lo: Any, hi: Any, n: Any, scale: float, pm: str = "±", show_n: bool = True) -> str:
+    """``mean ± half (n)`` (×``scale``); ``half`` is the 95 % CI half-width; ``–`` when there is no mean;
+    without `` (n)`` when not ``show_n``."""
     if not _finite(mean):
         return "–"
     n = int(n) if _finite(n) else 0
     text = f"{float(mean) * scale:.2f}"
     if _finite(lo) and _finite(hi):
         text += f" {pm} {(float(hi) - float(lo)) / 2 * scale:.2f}"
-    return f"{text} ({n})"
+    return f"{text} ({n})" if show_n else text
 
 
 def _display_columns(lb: pd.DataFrame) -> list[tuple[str, str, str]]:
@@ -63,7 +65,7 @@ def _verdicts(r: Mapping[str, Any], es: str) -> str:
     return f"{a if isinstance(a, str) else '–'}{b if isinstance(b, str) else '–'}"
 
 
-def _cells(lb: pd.DataFrame, pm: str = "±") -> tuple[list[str], list[list[str]]]:
+def _cells(lb: pd.DataFrame, pm: str = "±", show_n: bool = True) -> tuple[list[str], list[list[str]]]:
     spec = _display_columns(lb)
     headers = [h for h, _, _ in spec]
     body: list[list[str]] = []
@@ -71,7 +73,8 @@ def _cells(lb: pd.DataFrame, pm: str = "±") -> tuple[list[str], list[list[str]]
         line = []
         for _, kind, col in spec:
             if kind == "value":
-                line.append(_fmt_cell(r[col], r[f"{col} lo"], r[f"{col} hi"], r[f"{col} n"], _scale(col), pm))
+                mean, lo, hi, n = (r[c] for c in (col, f"{col} lo", f"{col} hi", f"{col} n"))
+                line.append(_fmt_cell(mean, lo, hi, n, _scale(col), pm, show_n))
             elif kind == "compat":
                 line.append(_verdicts(r, col))
             elif kind == "tier":
@@ -168,7 +171,7 @@ def to_csv(lb: pd.DataFrame) -> str:
     return lb.to_csv(index=False, lineterminator="\n")
 
 
-_LATEX_ESCAPES = {
+_LATEX_CHARS = {
     "\\": r"\textbackslash{}",
     "&": r"\&",
     "%": r"\%",
@@ -179,39 +182,160 @@ _LATEX_ESCAPES = {
     "}": r"\}",
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
+    "|": r"\textbar{}",
+    ">": r"$>$",
+    "<": r"$<$",
+    "→": r"$\to$",
+    "φ": r"$\phi$",
+    "±": r"$\pm$",
+    "⊕": r"$\oplus$",
+    "×": r"$\times$",
+    "≈": r"$\approx$",
+    "✓": r"\checkmark{}",
+    "✗": r"$\times$",
+    "–": "--",
+    "—": "---",
 }
+"""Plain text → LaTeX, one character at a time (every other character is ASCII in practice: method names are
+lower snake case)."""
 
 
 def _tex(text: str) -> str:
-    out = "".join(_LATEX_ESCAPES.get(ch, ch) for ch in text)
-    return out.replace("→", r"$\to$").replace("φ*", r"$\phi^*$").replace(">", r"$>$")
+    """Escape ``text`` for LaTeX (ASCII out for the characters a leaderboard uses)."""
+    return "".join(_LATEX_CHARS.get(ch, ch) for ch in text).replace(r"$\phi$*", r"$\phi^*$")
+
+
+def _latex_groups(lb: pd.DataFrame, spec: list[tuple[str, str, str]]) -> list[tuple[str, str]]:
+    """``[(group, sub-header)]`` (raw LaTeX) per displayed column: an eval set's cross / self / compat under
+    ``<es> (<protocol>, <metric>)``, the P-metrics together, the AUCs under their curve; others alone."""
+    by_col: dict[str, tuple[str, str]] = {}
+    for es, p, met in lb.attrs.get("eval_sets") or []:
+        group = _tex(f"{es} ({p}, {met})")
+        by_col[value_column(es, p, met, CROSS)] = (group, r"cross")
+        by_col[value_column(es, p, met, SELF)] = (group, r"self")
+        by_col[f"compat:{es}"] = (group, "compat")
+    names = {"P_up": r"$P_\mathrm{up}$", "P_comp": r"$P_\mathrm{comp}$", "P_1": r"$P_1$"}
+    out = []
+    for header, kind, col in spec:
+        key = f"compat:{col}" if kind == "compat" else col
+        if key in by_col:
+            out.append(by_col[key])
+        elif col in names:
+            out.append(("P-metrics", names[col]))
+        elif kind == "value" and col.startswith("AUC ") and "/" in col:
+            curve, mode_order = col.removeprefix("AUC ").rsplit(" ", 1)
+            mode, order = mode_order.split("/", 1)
+            out.append((_tex(f"AUC {curve}, {order} order"), _tex(mode)))
+        else:
+            out.append(("", _tex(header)))
+    return out
+
+
+def _latex_caption(lb: pd.DataFrame, show_n: bool, n: int | None, backfill: bool) -> str:
+    """Caption of :func:`to_latex`: benchmark, metrics, what ± means, n (once or per cell), the verdicts,
+    tiers and what is bold."""
+    bench = str(lb.attrs.get("benchmark") or "")
+    metrics = ", ".join(_tex(f"{es} {p} {met}") for es, p, met in lb.attrs.get("eval_sets") or [])
+    seeds = rf"over $n = {n}$ seeds" if not show_n and n is not None else "over $n$ seeds (in parentheses)"
+    parts = (
+        r"seed-to-seed $t$ interval $\oplus$ landmark bootstrap of the test set"
+        if lb.attrs.get("n_boot")
+        else r"seed-to-seed $t$ interval"
+    )
+    best = lb.loc[lb["best"].astype(bool), "method"].tolist() if "best" in lb.columns else []
+    bold = (
+        rf"Bold: {_tex(best[0])}, significantly better than every other row on $P_1$ (paired tests, "
+        r"Holm--Bonferroni)."
+        if best
+        else r"No row is significantly better than every other on $P_1$, so none is bold."
+    )
+    text = [
+        (f"{_tex(bench)}: " if bench else "") + "backward-compatibility leaderboard.",
+        rf"Cells: mean $\pm$ half-width of the 95\,\% CI {seeds} ({parts}).",
+        (f"{metrics} and AUC" if metrics else "mAP and AUC") + r" $\times 100$ (AUC: seed interval only); "
+        r"$P$-metrics on 0--100.",
+        r"cross: new$\to$old, self: new$\to$new; old$\to$old: the old model's self-test; "
+        r"independent ($\phi^*$): the paragon.",
+        r"compat: (a) cross $>$ old$\to$old, (b) self $>$ old$\to$old, by paired tests over seeds "
+        r"(\checkmark{} significantly above, $\approx$ not significantly different, $\times$ significantly below).",
+        r"tier: ranked by $P_1$; tier 1 = not significantly below the best (paired tests, Holm--Bonferroni).",
+        bold,
+    ]
+    if backfill:
+        text.append(
+            "backfill: how many of the row's random-order backfilling curves in its own mode never decrease."
+        )
+    apart = lb.attrs.get("apart") or []
+    if apart:
+        text.append(f"{len(apart)} result(s) not comparable with this board are not shown.")
+    return " ".join(text)
 
 
 def to_latex(lb: pd.DataFrame) -> str:
-    """Render a booktabs ``tabular``; a row is bold only when it is significantly best (``best``), as in the
-    markdown. Needs ``\\usepackage{booktabs}`` in the document."""
-    spec = _display_columns(lb)
-    lines = [
-        r"\begin{tabular}{" + "".join("l" if k in ("label", "text") else "r" for _, k, _ in spec) + "}",
-        r"\toprule",
-        " & ".join(_tex(h) for h, _, _ in spec) + r" \\",
-        r"\midrule",
+    """Render a ``table`` with a booktabs ``tabular``, ``\\caption`` and ``\\label{tab:<benchmark>}``.
+
+    Columns as in the markdown (empty text columns dropped), grouped under two header rows; cells
+    ``mean $\\pm$ half-width`` with `` (n)`` only when the cells' seed counts differ (else n is in the
+    caption). Bold exactly as the markdown: the method name of the row that is significantly best
+    (``best``), nothing else. Needs ``\\usepackage{booktabs,amssymb}``; the output is ASCII.
+    """
+    spec = [
+        s
+        for s in _display_columns(lb)
+        if s[1] != "text" or lb[s[2]].map(lambda v: isinstance(v, str) and bool(v)).any()
     ]
-    _, body = _cells(lb, pm=r"$\pm$")
+    cols = [col for _, _, col in spec]
+    value_cols = [col for _, kind, col in spec if kind == "value"]
+    ns = {
+        int(r[f"{c} n"])
+        for _, r in lb.iterrows()
+        for c in value_cols
+        if _finite(r[c]) and _finite(r[f"{c} n"])
+    }
+    show_n = len(ns) != 1
+    groups = _latex_groups(lb, spec)
+    bench = str(lb.attrs.get("benchmark") or "leaderboard")
+    align = "".join({"label": "l", "text": "l", "compat": "c"}.get(k, "r") for _, k, _ in spec)
+    lines = [
+        r"% needs \usepackage{booktabs,amssymb}",
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
+        r"\setlength{\tabcolsep}{3pt}",
+        r"\caption{"
+        + _latex_caption(lb, show_n, min(ns) if len(ns) == 1 else None, "backfill" in cols)
+        + "}",
+        r"\label{tab:" + re.sub(r"[^A-Za-z0-9_.:-]+", "-", bench) + "}",
+        r"\begin{tabular}{" + align + "}",
+        r"\toprule",
+    ]
+    if any(g for g, _ in groups):  # first header row: groups over their columns, with rules below
+        top, rules, i = [], [], 0
+        while i < len(groups):
+            j = i
+            while j + 1 < len(groups) and groups[j + 1][0] == groups[i][0] and groups[i][0]:
+                j += 1
+            g = groups[i][0]
+            top.append(rf"\multicolumn{{{j - i + 1}}}{{c}}{{{g}}}" if g else "")
+            if g:
+                rules.append(rf"\cmidrule(lr){{{i + 1}-{j + 1}}}")
+            i = j + 1
+        lines += [" & ".join(top) + r" \\", " ".join(rules)]
+    lines += [" & ".join(sub for _, sub in groups) + r" \\", r"\midrule"]
+    _, body = _cells(lb, pm="±", show_n=show_n)
+    full = _display_columns(lb)
+    keep = [full.index(s) for s in spec]
     for i, ((_, r), row) in enumerate(zip(lb.iterrows(), body, strict=True)):
         cells = []
-        for (_, kind, _), text in zip(spec, row, strict=True):
-            if kind == "compat":
-                text = text.replace("✓", r"\checkmark").replace("✗", r"$\times$").replace("≈", r"$\approx$")
-            elif kind in ("label", "text"):
-                text = _tex(text)
-            cells.append(text.replace("–", "--"))
-        if bool(r.get("best")):
-            cells = [r"\textbf{" + c + "}" for c in cells]
+        for (_, kind, _), text in zip(spec, (row[k] for k in keep), strict=True):
+            text = r"\,".join(_tex(ch) for ch in text) if kind == "compat" and text != "–" else _tex(text)
+            cells.append(text)
+        if bool(r.get("best")):  # as in the markdown: the method name only
+            cells[0] = r"\textbf{" + cells[0] + "}"
         lines.append(" & ".join(cells) + r" \\")
         if r["role"] != "method" and i + 1 < len(lb) and lb["role"].iloc[i + 1] == "method":
             lines.append(r"\midrule")
-    lines += [r"\bottomrule", r"\end{tabular}"]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
 

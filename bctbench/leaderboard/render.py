@@ -54,7 +54,7 @@ def render(
     ``reference_root``: the reference results. Both go through the provenance gate; results that are not
     comparable are listed under the table (``strict``: refused with a one-line error instead).
     ``fmt``: ``md`` (alias ``markdown``), ``csv`` or ``latex`` (alias ``tex``). ``out``: also write the text
-    there. ``plots_dir``: also write the plots there (``curve_methods``: see :func:`plot_leaderboard`).
+    there. ``plots_dir``: also write the figures there, PDF and PNG (``curve_methods``: see :func:`plot_leaderboard`).
     Results of a sequential benchmark (they carry ``curves["sequential"]``) get the sequential view instead
     (:func:`sequential_leaderboard`; ``md`` or ``csv``, no plots). Raises
     :class:`~bctbench.errors.ConfigError` for an unknown format and :class:`~bctbench.errors.BCTBenchError`

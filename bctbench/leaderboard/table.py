@@ -293,7 +293,7 @@ def leaderboard(
     test against the same seed's old→old. ``P_up``, ``P_comp``, ``P_1`` per seed against that seed's
     old→old and φ* (bootstrapped the same way). ``tier``: groups by paired tests on P_1 with Holm correction
     (1 = not significantly below the best); ``best``: True only for a significantly best row. Backfilling AUC
-    columns (mean with a seeds-only t interval). ``attrs``: ``eval_sets``, ``apart``, ``code_versions``,
+    columns (mean with a seeds-only t interval). ``attrs``: ``benchmark``, ``eval_sets``, ``apart``, ``code_versions``,
     ``mdd`` (minimal detectable P_1 difference), ``n_boot``.
     """
     entries = _as_entries(items)
@@ -436,6 +436,7 @@ def leaderboard(
     lb.index = pd.RangeIndex(len(lb))
     lb.attrs.update(
         {
+            "benchmark": benchmarks[0] if benchmarks else "",
             "eval_sets": eval_sets,
             "apart": list(apart),
             "code_versions": list(code_versions),

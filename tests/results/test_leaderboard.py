@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -142,33 +143,82 @@ def test_csv(lb: pd.DataFrame) -> None:
         )
 
 
-def test_latex_bolds_only_a_significantly_best_row(lb: pd.DataFrame) -> None:
+def _md_bold(md: str) -> set[str]:
+    return {
+        line.split(" | ")[0].removeprefix("| **").removesuffix("**")
+        for line in md.splitlines()
+        if "| **" in line
+    }
+
+
+def _tex_rows(tex: str) -> dict[str, str]:
+    body = tex[tex.index(r"\midrule") : tex.index(r"\bottomrule")]
+    return {line.split(" & ")[0]: line for line in body.splitlines() if " & " in line}
+
+
+def test_latex_table_has_booktabs_caption_label_and_compiles_structurally(lb: pd.DataFrame) -> None:
     tex = to_latex(lb)
-    assert tex.startswith(r"\begin{tabular}") and r"\bottomrule" in tex
-    lines = {line.split(" & ")[0]: line for line in tex.splitlines() if " & " in line}
-    assert r"$\pm$" in lines["bct"] and r"advbct\_compat" in lines["advbct"]
-    best = lb.loc[lb["best"], "key"].tolist()
-    bold = [k for k, line in lines.items() if r"\textbf{" in line]
-    assert len(bold) == len(best) <= 1
+    assert tex.isascii()
+    for token in (r"\begin{table}", r"\centering", r"\toprule", r"\midrule", r"\bottomrule", r"\end{table}"):
+        assert token in tex
+    assert tex.index(r"\caption{") < tex.index(r"\label{tab:synth_fixture}") < tex.index(r"\begin{tabular}")
+    caption = tex[tex.index(r"\caption{") : tex.index(r"\label{")]
+    for words in ("synth\\_fixture", "rsynth medium mAP", "gsynth private mAP@100", r"$\pm$", "95\\,\\% CI"):
+        assert words in caption
+    assert "landmark bootstrap" in caption and "in parentheses" in caption  # n differs between rows: per cell
+    # balanced braces and environments; every row has as many cells as the column spec
+    assert tex.count("{") - tex.count(r"\{") == tex.count("}") - tex.count(r"\}")
+    for env in ("table", "tabular"):
+        assert tex.count(rf"\begin{{{env}}}") == tex.count(rf"\end{{{env}}}") == 1
+    ncols = len(tex.split(r"\begin{tabular}{", 1)[1].split("}", 1)[0])
+    rows = [line for line in tex.splitlines() if line.endswith(r"\\")]
+    multi = rows[0]  # group header: \multicolumn{k} spans k columns
+    spans = sum(int(k) for k in re.findall(r"\\multicolumn\{(\d+)\}", multi))
+    assert spans + multi.count(" & ") + 1 - len(re.findall(r"\\multicolumn", multi)) == ncols
+    assert all(line.count(" & ") == ncols - 1 for line in rows[1:])
+    lines = _tex_rows(tex)
+    assert "46.00 $\\pm$ 5.02 (3)" in lines["bct"] and r"advbct\_compat" in lines["advbct"]
+    assert r"\checkmark{}\,\checkmark{}" in lines["bct"]  # compat ✓✓
+
+
+def test_latex_bolds_exactly_what_markdown_bolds(lb: pd.DataFrame) -> None:
+    tex = to_latex(lb)
+    bold = {k for k, line in _tex_rows(tex).items() if r"\textbf{" in line}
+    assert bold == _md_bold(to_markdown(lb)) == set(lb.loc[lb["best"], "key"])
+    assert "none is bold" in tex if not bold else "Bold:" in tex
     forced = lb.copy()
     forced["best"] = forced["key"] == "bct"
-    assert r"\textbf{bct}" in to_latex(forced)
-    assert "**bct**" in to_markdown(forced)
+    tex = to_latex(forced)
+    rows = _tex_rows(tex)
+    assert r"\textbf{bct}" in tex and {k for k, v in rows.items() if r"\textbf" in v} == {r"\textbf{bct}"}
+    assert _md_bold(to_markdown(forced)) == {"bct"}
+    assert rows[r"\textbf{bct}"].count(r"\textbf") == 1  # the name only, never an overlapping mean
+    assert "Bold: bct, significantly better" in tex
+
+
+def test_latex_states_n_once_when_every_cell_shares_it(results: list[RunResult]) -> None:
+    three = leaderboard([r for r in results if r.method in ("independent", "bct")])
+    tex = to_latex(three)
+    assert "$n = 3$ seeds" in tex and "(3)" not in tex and "in parentheses" not in tex
+
+
+FIGURES = [
+    "backfill_rsynth_headline",
+    "backfill_rsynth_merge_random",
+    "backfill_rsynth_mixed_random",
+    "backfill_rsynth_mixed_uncertainty",
+    "p_up_vs_p_comp",
+    "self_cross_gsynth",
+    "self_cross_rsynth",
+]
 
 
 def test_plots(results: list[RunResult], lb: pd.DataFrame, tmp_path: Path) -> None:
     paths = plot_leaderboard(results_frame(results), tmp_path / "plots", lb)
-    names = sorted(p.name for p in paths)
-    assert names == [
-        "backfill_rsynth_headline.png",
-        "backfill_rsynth_merge_random.png",
-        "backfill_rsynth_mixed_random.png",
-        "backfill_rsynth_mixed_uncertainty.png",
-        "p_up_vs_p_comp.png",
-        "self_cross.png",
-    ]
+    assert sorted(p.name for p in paths) == sorted(f"{s}.{ext}" for s in FIGURES for ext in ("pdf", "png"))
     for p in paths:
-        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000
+        magic = b"%PDF-" if p.suffix == ".pdf" else b"\x89PNG\r\n\x1a\n"
+        assert p.read_bytes().startswith(magic) and p.stat().st_size > 1000
 
 
 def test_headline_backfill_curves_use_each_methods_own_mode(results, lb, tmp_path: Path) -> None:
@@ -181,7 +231,9 @@ def test_headline_backfill_curves_use_each_methods_own_mode(results, lb, tmp_pat
         ("advbct", "mixed"),
     }
     paths = plot_leaderboard(frame, tmp_path / "plots", lb, curve_methods=["independent", "bct"])
-    assert "backfill_rsynth_headline_selected.png" in {p.name for p in paths}
+    assert {"backfill_rsynth_headline_selected.png", "backfill_rsynth_headline_selected.pdf"} <= {
+        p.name for p in paths
+    }
     with pytest.raises(ConfigError, match="no random-order curves for nosuch"):
         plot_leaderboard(frame, tmp_path / "plots", lb, curve_methods=["bct", "nosuch"])
 
@@ -190,7 +242,8 @@ def test_render(results_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "lb.md"
     text = render(None, BENCH, fmt="md", out=out, plots_dir=tmp_path / "p", reference_root=results_root)
     assert out.read_text() == text == GOLDEN.read_text(encoding="utf-8")
-    assert len(list((tmp_path / "p").glob("*.png"))) == 6
+    assert sorted(p.stem for p in (tmp_path / "p").glob("*.png")) == FIGURES
+    assert sorted(p.stem for p in (tmp_path / "p").glob("*.pdf")) == FIGURES
     assert render(results_root, BENCH, fmt="csv").startswith("method,key,name,origin,role,flags,seeds,")
     with pytest.raises(ConfigError, match="unknown leaderboard format 'html'"):
         render(results_root, BENCH, fmt="html")
