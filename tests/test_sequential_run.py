@@ -190,6 +190,8 @@ def test_sequential_run_logs_each_generation_and_the_result_to_wandb_offline(
     result = pipeline.run(ctx, "bct", seed=5, runtime=pipeline.Runtime(wandb=True, accelerator="cpu"))
     runs = sorted((ctx.results_root.parent / "wandb-runs" / "wandb").glob("offline-run-*"))
     assert len(runs) == STEPS  # g1, g2 training runs and the result run
+    for run_dir in runs:
+        _summary(run_dir)  # waits until wandb-core has flushed the run's log
     by_name = {
         r.run.display_name: run_dir
         for run_dir in runs

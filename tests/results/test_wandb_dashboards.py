@@ -23,10 +23,14 @@ def _run_dir(root: Path) -> Path:
     return run_dir
 
 
+def _final_records(run_dir: Path) -> list:
+    """The run's records once wandb-core has flushed its log (it may lag behind finish() under load)."""
+    _summary(run_dir)  # waits for the exit record (up to 60 s)
+    return _records(next(run_dir.glob("*.wandb")))
+
+
 def _run_record(run_dir: Path):
-    return next(
-        r.run for r in _records(next(run_dir.glob("*.wandb"))) if r.WhichOneof("record_type") == "run"
-    )
+    return next(r.run for r in _final_records(run_dir) if r.WhichOneof("record_type") == "run")
 
 
 def _config(run) -> dict:
@@ -34,7 +38,7 @@ def _config(run) -> dict:
 
 
 def _artifacts(run_dir: Path) -> dict[str, object]:
-    recs = _records(next(run_dir.glob("*.wandb")))
+    recs = _final_records(run_dir)
     return {r.artifact.name: r.artifact for r in recs if r.WhichOneof("record_type") == "artifact"}
 
 
