@@ -131,6 +131,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_roots(p)
     _add_runtime(p)
 
+    p = sub.add_parser(
+        "tune",
+        help="tune a method on the benchmark's validation sets (same budget for every method) and write its "
+        "tuned preset benchmarks/presets/<benchmark>/<method>.yaml",
+    )
+    p.add_argument("--benchmark", "-b", required=True)
+    p.add_argument("--method", "-m", required=True)
+    p.add_argument(
+        "--budget", default=None, metavar="N", help="trials (default: the spec's tuning.budget, the same for all)"
+    )
+    p.add_argument("--force", action="store_true", help="redo trials already recorded in the preset file")
+    p.add_argument("--out", default=None, help="write the preset here instead (experiments; not the committed file)")
+    _add_roots(p)
+    _add_runtime(p)
+
     p = sub.add_parser("evaluate", help="evaluate a saved new-model checkpoint against the old model")
     p.add_argument("--benchmark", "-b", required=True)
     p.add_argument("--checkpoint", required=True)
@@ -330,6 +345,35 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from bctbench import pipeline
+    from bctbench.pipeline.tuning import tune
+
+    budget = None
+    if args.budget is not None:
+        try:
+            budget = int(args.budget)
+        except ValueError:
+            raise ConfigError(f"--budget: expected an integer, got {args.budget!r}") from None
+    ctx = pipeline.RunContext.create(args.benchmark, args.data_root, args.cache_root, args.results_root)
+    doc = tune(
+        ctx,
+        args.method,
+        budget=budget,
+        runtime=_runtime_from_args(args),
+        force=args.force,
+        out_path=Path(args.out) if args.out else None,
+    )
+    print(f"{doc['method']} on {doc['benchmark']}: {len(doc['trials'])} trials, {doc['selected_by']}")
+    for t in doc["trials"]:
+        sc = t["scores"]
+        mark = "*" if t["trial"] == doc["chosen_trial"] else " "
+        p1 = f"P_1 {sc['P_1']:6.2f}" if "P_1" in sc else "paragon"
+        ok = "" if "compatible" not in sc else ("compatible" if sc["compatible"] else "not compatible")
+        print(f" {mark} trial {t['trial']:2d}  {p1}  {ok:15s} {t['hparams'] or '(defaults)'}")
+    return 0
+
+
 def _cmd_run_all(args: argparse.Namespace) -> int:
     from bctbench import pipeline
     from bctbench.run_queue import QueueInterrupted, check_jobs, run_queue
@@ -450,6 +494,7 @@ COMMANDS = {
     "train-old": _cmd_train_old,
     "run": _cmd_run,
     "run-all": _cmd_run_all,
+    "tune": _cmd_tune,
     "evaluate": _cmd_evaluate,
     "reevaluate": _cmd_reevaluate,
     "leaderboard": _cmd_leaderboard,
