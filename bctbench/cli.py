@@ -139,10 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmark", "-b", required=True)
     p.add_argument("--method", "-m", required=True)
     p.add_argument(
-        "--budget", default=None, metavar="N", help="trials (default: the spec's tuning.budget, the same for all)"
+        "--budget",
+        default=None,
+        metavar="N",
+        help="trials (default: the spec's tuning.budget, the same for all)",
     )
     p.add_argument("--force", action="store_true", help="redo trials already recorded in the preset file")
-    p.add_argument("--out", default=None, help="write the preset here instead (experiments; not the committed file)")
+    p.add_argument(
+        "--out", default=None, help="write the preset here instead (experiments; not the committed file)"
+    )
     _add_roots(p)
     _add_runtime(p)
 

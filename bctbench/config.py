@@ -19,7 +19,7 @@ import re
 import sys
 import types
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
@@ -41,6 +41,7 @@ ALLOCATIONS = (
     "seq_class10to30to100",
 )
 EVAL_KINDS = ("revisited", "gldv2")
+GLDV2_USAGES = ("public", "private")
 RESIZE_POLICIES = ("squash", "short_side")
 AUGMENTATIONS = ("rrc_flip", "none")
 PAIRS = ("old-old", "new-old", "new-new", "old-new")
@@ -121,11 +122,13 @@ class OldModelSpec:
 
 @dataclass(frozen=True)
 class EvalSetSpec:
-    """One eval set: ``kind`` picks the loader; ``root`` is relative to the data root."""
+    """One eval set: ``kind`` picks the loader; ``root`` is relative to the data root. ``usage`` (GLDv2 only:
+    ``public`` | ``private``) keeps that split's queries only; null keeps both."""
 
     name: str
     kind: str
     root: str
+    usage: str | None = None
 
 
 BACKFILL_MODES = ("mixed", "merge")
@@ -145,8 +148,11 @@ class EvaluationSpec:
 
 @dataclass(frozen=True)
 class TuningSpec:
+    """Hyperparameter search budget (0: defaults only) and the eval sets tuning may read
+    (``validation_sets``; the test sets of ``evaluation.eval_sets`` are sealed while tuning)."""
+
     budget: int = 0
-    validation: str = "none"
+    validation_sets: tuple[EvalSetSpec, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -471,11 +477,7 @@ def validate_spec(spec: BenchmarkSpec, where: str) -> None:
         )
     # evaluation
     req(len(e.eval_sets) >= 1, "evaluation.eval_sets", "expected a non-empty list")
-    for i, es in enumerate(e.eval_sets):
-        req(bool(es.name.strip()), f"evaluation.eval_sets[{i}].name", "must not be empty")
-        req(es.kind in EVAL_KINDS, f"evaluation.eval_sets[{i}].kind", f"'{es.kind}' not in {EVAL_KINDS}")
-    names = [es.name for es in e.eval_sets]
-    req(len(set(names)) == len(names), "evaluation.eval_sets", "duplicate eval-set names")
+    _check_eval_sets(e.eval_sets, "evaluation.eval_sets", req)
     bad = [p for p in e.pairs if p not in PAIRS]
     req(not bad, "evaluation.pairs", f"unknown pairs {bad} (valid: {PAIRS})")
     req(
@@ -496,6 +498,7 @@ def validate_spec(spec: BenchmarkSpec, where: str) -> None:
     req(e.batch_size >= 1, "evaluation.batch_size", f"must be >= 1, got {e.batch_size}")
     # tuning and top level
     req(spec.tuning.budget >= 0, "tuning.budget", f"must be >= 0, got {spec.tuning.budget}")
+    _check_validation_sets(spec.tuning.validation_sets, e.eval_sets, req)
     seeds_ok(spec.seeds, "seeds")
     req(spec.sequential_steps >= 1, "sequential_steps", f"must be >= 1, got {spec.sequential_steps}")
     req(
@@ -505,10 +508,67 @@ def validate_spec(spec: BenchmarkSpec, where: str) -> None:
     )
 
 
+def _check_eval_sets(sets: tuple[EvalSetSpec, ...], key: str, req) -> None:
+    for i, es in enumerate(sets):
+        req(bool(es.name.strip()), f"{key}[{i}].name", "must not be empty")
+        req(es.kind in EVAL_KINDS, f"{key}[{i}].kind", f"'{es.kind}' not in {EVAL_KINDS}")
+        if es.usage is not None:
+            req(es.kind == "gldv2", f"{key}[{i}].usage", f"only gldv2 eval sets have a usage, not {es.kind}")
+            req(es.usage in GLDV2_USAGES, f"{key}[{i}].usage", f"'{es.usage}' not in {GLDV2_USAGES}")
+    names = [es.name for es in sets]
+    req(len(set(names)) == len(names), key, "duplicate eval-set names")
+
+
+def _same_root(a: str, b: str) -> bool:
+    return PurePosixPath(a.strip()) == PurePosixPath(b.strip())
+
+
+def _check_validation_sets(sets: tuple[EvalSetSpec, ...], tests: tuple[EvalSetSpec, ...], req) -> None:
+    """Validation sets: typed like eval sets, named apart from the test sets, and never a test set — on the
+    root of a GLDv2 test set only its public split (``usage: public``) may serve as validation data."""
+    key = "tuning.validation_sets"
+    _check_eval_sets(sets, key, req)
+    test_names = {t.name for t in tests}
+    for i, v in enumerate(sets):
+        req(v.name not in test_names, f"{key}[{i}].name", f"'{v.name}' is the name of a test set")
+        for t in tests:
+            if t.kind != v.kind or not _same_root(t.root, v.root):
+                continue
+            if v.kind == "revisited":
+                req(
+                    v.name != t.name,
+                    f"{key}[{i}]",
+                    f"is test set '{t.name}' (root {t.root}); validation data must be disjoint from it",
+                )
+            else:
+                req(
+                    v.usage == "public" and t.usage != "public",
+                    f"{key}[{i}].usage",
+                    f"on the root of test set '{t.name}' ({t.root}) only its public split may be validation "
+                    f"data (usage: public), got {v.usage if v.usage is not None else 'null'}",
+                )
+
+
+def _legacy_tuning(raw: Any, where: str) -> Any:
+    """Specs written before ``tuning.validation_sets`` say ``tuning: {validation: none}``; that key is
+    dropped (same spec as no validation sets). Any other value is refused."""
+    tuning = raw.get("tuning") if isinstance(raw, dict) else None
+    if not isinstance(tuning, dict) or "validation" not in tuning:
+        return raw
+    value = tuning["validation"]
+    if value is not None and not (isinstance(value, str) and value.strip().lower() == "none"):
+        raise ConfigError(
+            f"{where}: tuning.validation: replaced by tuning.validation_sets (a list of eval sets), "
+            f"got {_short_repr(value)}"
+        )
+    return {**raw, "tuning": {k: v for k, v in tuning.items() if k != "validation"}}
+
+
 def spec_from_dict(raw: Any, where: str = "<spec>") -> BenchmarkSpec:
     """Build and validate a spec from a parsed YAML mapping (every value checked against its annotation)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: top level must be a mapping")
+    raw = _legacy_tuning(raw, where)
     spec = _build(BenchmarkSpec, raw, where)
     spec = dataclasses.replace(spec, source=where)
     validate_spec(spec, where)

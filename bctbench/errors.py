@@ -38,3 +38,8 @@ class EvaluationError(BCTBenchError):
 
 class CheckpointError(BCTBenchError):
     """A checkpoint is missing, does not match its sha256, or does not fit the model strictly."""
+
+
+class SealedTestSetError(BCTBenchError):
+    """A test eval set's ground truth was opened while only validation data may be read (during tuning;
+    :func:`bctbench.pipeline.validation_only`)."""

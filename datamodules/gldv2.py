@@ -28,7 +28,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -61,7 +61,8 @@ from bctbench.datamodules.splits import (
 )
 from bctbench.epoch_order import EpochSeededDataset, EpochShuffleSampler
 from bctbench.errors import ConfigError, DataError
-from bctbench.evaluation.evalsets import GLDv2EvalSet
+from bctbench.evaluation.evalsets import GLDV2_PROTOCOLS, GLDv2EvalSet
+from bctbench.evaluation.holdout import check_ground_truth
 
 TRAIN_CLEAN_CSV = "train_clean.csv"
 INDEX_CSV = "index.csv"
@@ -83,6 +84,7 @@ __all__ = [
     "image_relpath",
     "load_gldv2_eval_set",
     "load_split",
+    "metadata_candidates",
     "prepare_split",
     "read_index_csv",
     "read_retrieval_solution",
@@ -105,12 +107,18 @@ def _relpaths(split: str, ids: pd.Series) -> pd.Series:
     return pd.Series([f"{split}/{i[0]}/{i[1]}/{i[2]}/{i}.jpg" for i in ids.astype(str)], dtype=object)
 
 
+def metadata_candidates(gldv2_root: str | os.PathLike, filename: str) -> tuple[Path, ...]:
+    """Every path :func:`find_metadata` may take ``filename`` from, in the order it tries them."""
+    root = Path(gldv2_root)
+    return tuple(root / d / filename if d else root / filename for d in METADATA_DIRS)
+
+
 def find_metadata(gldv2_root: str | os.PathLike, filename: str) -> Path:
     """Path of a metadata CSV in ``<root>``, ``<root>/metadata`` or ``<root>/ground_truth``."""
     root = Path(gldv2_root)
     if not root.is_dir():
         raise DataError(f"{root}: GLDv2 root folder not found")
-    candidates = [root / d / filename if d else root / filename for d in METADATA_DIRS]
+    candidates = list(metadata_candidates(root, filename))
     for c in candidates:
         if c.is_file():
             return c
@@ -164,9 +172,14 @@ def _check_files_exist(root: Path, ids: pd.Series, relpaths: pd.Series, listed_i
 # strict CSV readers
 
 
-def _read_csv_rows(path: str | os.PathLike, columns: Sequence[str]) -> tuple[list[list[str]], list[int]]:
+def _read_csv_rows(
+    path: str | os.PathLike,
+    columns: Sequence[str],
+    keep: Callable[[list[str], int], bool] | None = None,
+) -> tuple[list[list[str]], list[int]]:
     """Rows (fields in ``columns`` order) and their 1-based line numbers; header must be exactly ``columns``
-    (any order). Blank lines are skipped."""
+    (any order). Blank lines are skipped; with ``keep``, so is every row for which ``keep(fields, line)`` is
+    false (it is never stored)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
@@ -199,7 +212,10 @@ def _read_csv_rows(path: str | os.PathLike, columns: Sequence[str]) -> tuple[lis
                     raise DataError(
                         f"{path}: line {reader.line_num}: malformed row, expected {n} fields ({expected}), got {len(fields)}"
                     )
-                rows.append([fields[p].strip() for p in pos])
+                row = [fields[p].strip() for p in pos]
+                if keep is not None and not keep(row, reader.line_num):
+                    continue
+                rows.append(row)
                 lines.append(reader.line_num)
     except csv.Error as err:
         raise DataError(f"{path}: line {reader.line_num}: malformed CSV ({err})") from err
@@ -311,12 +327,27 @@ def read_test_csv(path: str | os.PathLike) -> np.ndarray:
     return _read_id_csv(path)
 
 
+def _usage_of(path: Path, usage_raw: str, line: int) -> str | None:
+    key = usage_raw.lower()
+    if key not in _USAGES:
+        raise DataError(
+            f"{path}: line {line}: unknown Usage {usage_raw!r} (expected Public, Private or Ignored)"
+        )
+    return _USAGES[key]
+
+
 def read_retrieval_solution(
     path: str | os.PathLike,
     index_ids: Sequence[str] | np.ndarray | None = None,
     test_ids: Sequence[str] | np.ndarray | None = None,
+    usage: str | None = None,
 ) -> pd.DataFrame:
     """Scored rows of ``retrieval_solution_v2.1.csv`` (columns exactly ``id,images,Usage``).
+
+    With ``usage`` ("public" | "private") only that split's rows are read: the other rows are dropped as the
+    file is parsed (their Usage is still checked) and never kept. While tuning
+    (:func:`bctbench.evaluation.holdout.sealed`) only a validation set's selection may be read; anything else
+    raises ``SealedTestSetError`` before the file is opened.
 
     A row is scored iff ``Usage`` is Public or Private (case-insensitive) and ``images != "None"``; rows with
     ``images == None`` or ``Usage == Ignored`` are skipped; any other Usage is an error naming the line.
@@ -326,7 +357,14 @@ def read_retrieval_solution(
     line); with ``test_ids`` every scored id must be in ``test_ids``.
     """
     path = Path(path)
-    rows, lines = _read_csv_rows(path, ("id", "images", "Usage"))
+    if usage is not None and usage not in GLDV2_PROTOCOLS:
+        raise DataError(f"{path}: usage must be one of {', '.join(GLDV2_PROTOCOLS)} or None, got {usage!r}")
+    check_ground_truth("gldv2", path, usage)
+
+    def keep(fields: list[str], line: int) -> bool:
+        return _usage_of(path, fields[2], line) == usage
+
+    rows, lines = _read_csv_rows(path, ("id", "images", "Usage"), keep if usage is not None else None)
     ids = pd.Series([r[0] for r in rows], dtype=object)
     _check_ids(path, ids, np.asarray(lines, dtype=np.int64), what="test id")
     index_row = None if index_ids is None else {g: k for k, g in enumerate(index_ids)}
@@ -335,13 +373,8 @@ def read_retrieval_solution(
     if index_row is not None:
         out["gallery_rows"] = []
     for (qid, images, usage_raw), line in zip(rows, lines, strict=True):
-        key = usage_raw.lower()
-        if key not in _USAGES:
-            raise DataError(
-                f"{path}: line {line}: unknown Usage {usage_raw!r} (expected Public, Private or Ignored)"
-            )
-        usage = _USAGES[key]
-        if usage is None or images == "None":
+        row_usage = _usage_of(path, usage_raw, line)
+        if row_usage is None or images == "None":
             continue
         gallery = tuple(images.split())
         if not gallery:
@@ -354,7 +387,7 @@ def read_retrieval_solution(
                 raise DataError(f"{path}: line {line}: solution id {bad[0]} of {qid} is not in index.csv")
             out["gallery_rows"].append(tuple(index_row[g] for g in gallery))
         out["id"].append(qid)
-        out["usage"].append(usage)
+        out["usage"].append(row_usage)
         out["images"].append(gallery)
         out["line"].append(line)
     return pd.DataFrame(out)
@@ -364,12 +397,15 @@ def read_retrieval_solution(
 # eval set
 
 
-def load_gldv2_eval_set(gldv2_root: str | os.PathLike, name: str = "gldv2") -> GLDv2EvalSet:
+def load_gldv2_eval_set(
+    gldv2_root: str | os.PathLike, name: str = "gldv2", usage: str | None = None
+) -> GLDv2EvalSet:
     """GLDv2 retrieval eval set from ``index.csv``, ``test.csv`` and ``retrieval_solution_v2.1.csv``.
 
     Gallery = ``index.csv`` rows in file order; queries = scored solution rows (Public/Private, images !=
     None) in ``test.csv`` order, with ``solution[i]`` their gallery row indices and ``usage[i]`` "public" /
-    "private". Every gallery and query image file must exist.
+    "private". With ``usage`` ("public" | "private") the queries are that split's only (the other split's rows
+    are not kept; e.g. the public split as validation data). Every gallery and query image file must exist.
     """
     root = Path(gldv2_root)
     index_path = find_metadata(root, INDEX_CSV)
@@ -377,9 +413,10 @@ def load_gldv2_eval_set(gldv2_root: str | os.PathLike, name: str = "gldv2") -> G
     index_ids = read_index_csv(index_path)
     test_ids = read_test_csv(test_path)
     solution_path = find_metadata(root, SOLUTION_CSV)
-    sol = read_retrieval_solution(solution_path, index_ids=index_ids, test_ids=test_ids)
+    sol = read_retrieval_solution(solution_path, index_ids=index_ids, test_ids=test_ids, usage=usage)
     if sol.empty:
-        raise DataError(f"{solution_path}: no scored (Public/Private) query rows")
+        wanted = usage.capitalize() if usage else "Public/Private"
+        raise DataError(f"{solution_path}: no scored ({wanted}) query rows")
     test_pos = pd.Series(np.arange(test_ids.size), index=test_ids)
     sol = sol.iloc[np.argsort(test_pos.loc[sol["id"]].to_numpy(), kind="stable")].reset_index(drop=True)
     gallery_rel = _relpaths("index", pd.Series(index_ids, dtype=object))

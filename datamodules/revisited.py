@@ -29,13 +29,14 @@ from typing import Any
 
 from bctbench.errors import DataError
 from bctbench.evaluation.evalsets import RevisitedEvalSet
+from bctbench.evaluation.holdout import check_ground_truth
 
 GND_KEYS = ("imlist", "qimlist", "gnd")
 QUERY_KEYS = ("bbx", "easy", "hard", "junk")
 _MAX_LISTED = 5
 _MAX_NAME = 120
 
-__all__ = ["GndUnpickler", "find_revisited", "load_revisited_eval_set", "read_gnd"]
+__all__ = ["GndUnpickler", "find_revisited", "gnd_candidates", "load_revisited_eval_set", "read_gnd"]
 
 
 class RefusedGlobal(pickle.UnpicklingError):
@@ -89,13 +90,22 @@ class GndUnpickler(pickle.Unpickler):
         return obj
 
 
-def find_revisited(root: str | os.PathLike, name: str) -> tuple[Path, Path]:
-    """``(gnd pickle, jpg folder)`` of eval set ``name`` under ``root`` (revisitop or AdvBCT layout)."""
-    root = Path(root)
-    layouts = [
+def _layouts(root: Path, name: str) -> list[tuple[Path, Path]]:
+    return [
         (root / "datasets" / name / f"gnd_{name}.pkl", root / "datasets" / name / "jpg"),
         (root / "ROxfordParis" / f"gnd_{name}.pkl", root / "ROxfordParis" / name / "jpg"),
     ]
+
+
+def gnd_candidates(root: str | os.PathLike, name: str) -> tuple[Path, ...]:
+    """Every path :func:`find_revisited` may take the ground truth of ``name`` from (one per layout)."""
+    return tuple(pkl for pkl, _ in _layouts(Path(root), name))
+
+
+def find_revisited(root: str | os.PathLike, name: str) -> tuple[Path, Path]:
+    """``(gnd pickle, jpg folder)`` of eval set ``name`` under ``root`` (revisitop or AdvBCT layout)."""
+    root = Path(root)
+    layouts = _layouts(root, name)
     for pkl, jpg in layouts:
         if pkl.is_file():
             if not jpg.is_dir():
@@ -152,9 +162,11 @@ def read_gnd(pkl: str | os.PathLike) -> tuple[list[str], list[str], list[dict[st
     ``gnd[i]`` = ``{"bbx": (x1, y1, x2, y2), "easy": [...], "hard": [...], "junk": [...]}`` with int indices
     into ``imlist``. Errors name the file, the query number and the key (missing key, index out of range,
     overlapping easy/hard/junk, bad box). The file is read with :class:`GndUnpickler` (no code runs; a
-    refused global is a one-line ``DataError``).
+    refused global is a one-line ``DataError``). While tuning (:func:`bctbench.evaluation.holdout.sealed`) only
+    a validation set's file may be read; a test set's raises ``SealedTestSetError`` before it is opened.
     """
     pkl = Path(pkl)
+    check_ground_truth("revisited", pkl)
     try:
         with open(pkl, "rb") as f:
             data = GndUnpickler(f).load()

@@ -103,3 +103,53 @@ def test_overrides_split_method_runtime_and_protocol():
         split_overrides({"wieght": 3}, params, "m")
     with pytest.raises(ConfigError, match="expected key=value"):
         parse_set_options(["weight"])
+
+
+def test_every_spec_declares_validation_sets_apart_from_its_test_sets():
+    for name in list_benchmarks():
+        spec = load_benchmark(name)
+        val, tests = spec.tuning.validation_sets, spec.evaluation.eval_sets
+        assert val, name
+        assert not {v.name for v in val} & {t.name for t in tests}, name
+        if spec.data.dataset == "synthetic":
+            root = spec.data.root.split("/")[0]
+            assert [(v.name, v.kind, v.root, v.usage) for v in val] == [
+                ("rsynth_val", "revisited", root, None),
+                ("gldv2synth_val", "gldv2", f"{root}/gldv2_val", None),
+            ], name
+        else:  # real data: the public split of the GLDv2 test set, never ROxford/RParis, never private
+            assert [(v.name, v.kind, v.root, v.usage) for v in val] == [
+                ("gldv2_public", "gldv2", "gldv2", "public")
+            ], name
+
+
+def test_specs_without_validation_sets_still_load():
+    raw = _raw("smoke")
+    raw["tuning"] = {"budget": 0, "validation": "none"}  # the form written before validation sets existed
+    legacy = spec_from_dict(raw, "x.yaml")
+    raw["tuning"] = {"budget": 0}
+    bare = spec_from_dict(raw, "x.yaml")
+    assert legacy.tuning.validation_sets == bare.tuning.validation_sets == ()
+    assert legacy.sha256 == bare.sha256
+    raw["tuning"] = {"budget": 0, "validation": "rsynth_val"}
+    with pytest.raises(ConfigError, match=r"^x.yaml: tuning.validation: replaced by tuning.validation_sets"):
+        spec_from_dict(raw, "x.yaml")
+
+
+def test_validation_sets_are_protocol_keys():
+    with pytest.raises(ConfigError, match="protocol key"):
+        split_overrides({"tuning.validation_sets": []}, {}, "m")
+    with pytest.raises(ConfigError, match="protocol key"):
+        split_overrides({"validation_sets": []}, {}, "m")
+
+
+def test_gldv2_usage_is_typed():
+    raw = _raw("gldv2_class30to100_r18")
+    raw["evaluation"]["eval_sets"][2]["usage"] = "private"  # a private-only test set is allowed
+    spec = spec_from_dict(raw, "x.yaml")
+    assert spec.evaluation.eval_sets[2].usage == "private"
+    raw["tuning"]["validation_sets"][0]["usage"] = "private"
+    with pytest.raises(
+        ConfigError, match=r"tuning.validation_sets\[0\].usage: on the root of test set 'gldv2'"
+    ):
+        spec_from_dict(raw, "x.yaml")

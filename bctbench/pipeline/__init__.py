@@ -11,10 +11,12 @@ from bctbench.pipeline.dataset import (
     dataset_fingerprint,
     ensure_dataset,
     load_eval_sets,
+    load_validation_sets,
     prepare_data,
     split_sha256,
     test_transform,
     training_images,
+    validation_only,
 )
 from bctbench.pipeline.method_setup import (
     artifact_store,
@@ -48,6 +50,8 @@ __all__ = [
     "training_images",
     "test_transform",
     "load_eval_sets",
+    "load_validation_sets",
+    "validation_only",
     "prepare_data",
     "cpu_has_bf16",
     "training_precision",

@@ -1,15 +1,19 @@
 """Data stage: make sure the dataset exists, fingerprint it, build the DataModule, load the evaluation sets
-and write the split files."""
+(test sets for the report, validation sets for tuning; ``docs/evaluation.md`` §8.1) and write the split
+files."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bctbench.errors import BCTBenchError
+from bctbench.errors import BCTBenchError, ConfigError, SealedTestSetError
+from bctbench.evaluation.holdout import GroundTruth, is_sealed, sealed
 from bctbench.pipeline.context import RunContext, Runtime, _workers
 
 
@@ -89,18 +93,66 @@ def test_transform(ctx: RunContext):
     return build_test_transform(ctx.spec.training.image_size, resize=ctx.spec.training.resize)
 
 
-def load_eval_sets(ctx: RunContext) -> list:
+def _load_sets(ctx: RunContext, sets) -> list:
     from bctbench.datamodules.gldv2 import load_gldv2_eval_set
     from bctbench.datamodules.revisited import load_revisited_eval_set
 
     out = []
-    for es in ctx.spec.evaluation.eval_sets:
+    for es in sets:
         root = ctx.data_root / es.root
         if es.kind == "revisited":
             out.append(load_revisited_eval_set(root, es.name, query_crop=ctx.spec.evaluation.query_crop))
         else:
-            out.append(load_gldv2_eval_set(root, name=es.name))
+            out.append(load_gldv2_eval_set(root, name=es.name, usage=es.usage))
     return out
+
+
+def load_eval_sets(ctx: RunContext) -> list:
+    """The benchmark's test sets (``evaluation.eval_sets``), for the final report. Refused inside
+    :func:`validation_only` (while tuning) with :class:`~bctbench.errors.SealedTestSetError`."""
+    if is_sealed() and ctx.spec.evaluation.eval_sets:
+        name = ctx.spec.evaluation.eval_sets[0].name
+        raise SealedTestSetError(f"test set '{name}' opened during tuning; only validation sets may be read")
+    return _load_sets(ctx, ctx.spec.evaluation.eval_sets)
+
+
+def load_validation_sets(ctx: RunContext) -> list:
+    """The benchmark's validation sets (``tuning.validation_sets``): the only eval sets tuning and design
+    decisions may read. Same loaders and query crop as the test sets; a GLDv2 set with ``usage`` holds that
+    split's queries only. One-line :class:`~bctbench.errors.ConfigError` when the spec declares none."""
+    sets = ctx.spec.tuning.validation_sets
+    if not sets:
+        raise ConfigError(
+            f"{ctx.spec.source or ctx.spec.name}: tuning.validation_sets: benchmark '{ctx.spec.name}' declares "
+            "no validation sets, so it cannot be tuned (the test sets are for the final report only)"
+        )
+    return _load_sets(ctx, sets)
+
+
+def _ground_truth(ctx: RunContext, es) -> GroundTruth:
+    """Every file the loader of eval set ``es`` may read its ground truth from."""
+    root = ctx.data_root / es.root
+    if es.kind == "revisited":
+        from bctbench.datamodules.revisited import gnd_candidates
+
+        return GroundTruth("revisited", es.name, gnd_candidates(root, es.name))
+    from bctbench.datamodules.gldv2 import SOLUTION_CSV, metadata_candidates
+
+    return GroundTruth("gldv2", es.name, metadata_candidates(root, SOLUTION_CSV), es.usage)
+
+
+@contextlib.contextmanager
+def validation_only(ctx: RunContext) -> Iterator[None]:
+    """Seal the test sets while tuning: inside the block :func:`load_validation_sets` works, while
+    :func:`load_eval_sets` — and any read of a test set's ground truth at the loaders' lowest level (revisited
+    ``gnd_*.pkl``, GLDv2 solution CSV), by whatever path or link — raises
+    :class:`~bctbench.errors.SealedTestSetError` ("test set '<name>' opened during tuning"). Only the files of
+    the spec's validation sets may be read (for a GLDv2 test file: its public rows when a validation set
+    declares ``usage: public``)."""
+    allowed = [_ground_truth(ctx, es) for es in ctx.spec.tuning.validation_sets]
+    tests = [_ground_truth(ctx, es) for es in ctx.spec.evaluation.eval_sets]
+    with sealed(allowed, tests):
+        yield
 
 
 def _check_dataset_unchanged(ctx: RunContext, dataset_sha256: str | None) -> None:
@@ -114,7 +166,8 @@ def _check_dataset_unchanged(ctx: RunContext, dataset_sha256: str | None) -> Non
 
 
 def prepare_data(ctx: RunContext) -> dict[str, Any]:
-    """Validate the dataset, write split files (with lock) and load the eval sets; return a summary."""
+    """Validate the dataset, write split files (with lock) and load the test and validation sets; return a
+    summary."""
     from bctbench.datamodules.gldv2 import load_split, prepare_split
 
     ensure_dataset(ctx)
@@ -131,4 +184,7 @@ def prepare_data(ctx: RunContext) -> dict[str, Any]:
     }
     for es in load_eval_sets(ctx):
         info[f"eval/{es.name}"] = f"{len(es.query_paths)} queries x {len(es.gallery_paths)} gallery"
+    if ctx.spec.tuning.validation_sets:
+        for es in load_validation_sets(ctx):
+            info[f"validation/{es.name}"] = f"{len(es.query_paths)} queries x {len(es.gallery_paths)} gallery"
     return info

@@ -217,6 +217,55 @@ def test_load_gldv2_eval_set(gldv2_tree):
     assert es.query_paths[0].relative_to(gldv2_tree.root).as_posix() == image_relpath("test", t[0])
 
 
+def test_usage_selects_one_split_and_drops_the_other_rows(gldv2_tree, monkeypatch):
+    t = gldv2_tree.test_ids
+    path = gldv2_tree.root / "retrieval_solution_v2.1.csv"
+    sol = read_retrieval_solution(path, index_ids=gldv2_tree.index_ids, usage="public")
+    assert sol["id"].tolist() == [t[0], t[4]] and set(sol["usage"]) == {"public"}
+    assert sol["gallery_rows"].tolist() == [(1, 2), (3,)]
+    # the private rows are dropped while the file is parsed: never handed on
+    import bctbench.datamodules.gldv2 as gl
+
+    kept: list[list[list[str]]] = []
+    original = gl._read_csv_rows
+
+    def spy(*args, **kwargs):
+        rows, lines = original(*args, **kwargs)
+        kept.append(rows)
+        return rows, lines
+
+    monkeypatch.setattr(gl, "_read_csv_rows", spy)
+    read_retrieval_solution(path, usage="public")
+    assert kept and all(r[2].lower() != "private" for r in kept[-1]) and t[3] not in {r[0] for r in kept[-1]}
+
+    es = load_gldv2_eval_set(gldv2_tree.root, name="gldv2_public", usage="public")
+    assert es.usage == ("public", "public") and es.protocols == ("public",)
+    assert [p.stem for p in es.query_paths] == [t[0], t[4]]
+    assert es.primary_protocol == "public"
+    private = load_gldv2_eval_set(gldv2_tree.root, usage="private")
+    assert [p.stem for p in private.query_paths] == [t[3]] and private.usage == ("private",)
+
+
+def test_usage_still_checks_every_row_and_refuses_unknown_values(gldv2_tree, helpers):
+    path = gldv2_tree.root / "retrieval_solution_v2.1.csv"
+    with pytest.raises(DataError) as excinfo:
+        read_retrieval_solution(path, usage="validation")
+    _err(excinfo, "retrieval_solution_v2.1.csv", "usage must be one of private, public", "'validation'")
+    gldv2_tree.solution_rows[2] = (gldv2_tree.test_ids[1], "None", "Secret")
+    helpers.write_solution(gldv2_tree)
+    with pytest.raises(DataError) as excinfo:
+        read_retrieval_solution(path, usage="public")
+    _err(excinfo, "retrieval_solution_v2.1.csv", "line 4", "Secret")
+
+
+def test_usage_without_rows_is_one_line(gldv2_tree, helpers):
+    gldv2_tree.solution_rows = [r for r in gldv2_tree.solution_rows if r[2] != "Private"]
+    helpers.write_solution(gldv2_tree)
+    with pytest.raises(DataError) as excinfo:
+        load_gldv2_eval_set(gldv2_tree.root, usage="private")
+    _err(excinfo, "retrieval_solution_v2.1.csv", "no scored (Private) query rows")
+
+
 def test_eval_set_missing_gallery_image(gldv2_tree, helpers):
     for k in (2, 4):
         helpers.gldv2_path(gldv2_tree.root, "index", gldv2_tree.index_ids[k]).unlink()

@@ -8,6 +8,7 @@ kept independent of ``bctbench.evaluation`` on purpose; ``test_learnable.py`` re
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import pickle
 import re
@@ -19,15 +20,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bctbench.datamodules.gldv2 import load_gldv2_eval_set
+from bctbench.datamodules.revisited import load_revisited_eval_set
 from bctbench.datamodules.synthetic import (
     GENERATOR_VERSION,
     SyntheticConfig,
+    _landmark,
     _make_plan,
     _query_box,
+    _tree_sha256,
     ensure_synthetic,
     gldv2_root,
     make_synthetic,
     revisited_root,
+    val_gldv2_root,
+    val_revisited_root,
     verify_synthetic,
 )
 from bctbench.errors import DataError
@@ -291,6 +298,118 @@ def test_default_config_sizes_from_plan():
     assert len(plan.rev_queries) == 70 and 1000 <= len(plan.rev_db) <= 1500
     assert 1000 <= len(plan.index_ids) <= 2000
     assert sum(1 for r in plan.test_rows if r[1] != "None") == 200
+    # validation sets: rsynth_val has rsynth's sizes, gldv2synth_val those of the GLDv2-format test split
+    assert len(plan.val_rev.queries) == 70 and len(plan.val_rev.db) == len(plan.rev_db)
+    assert 1000 <= len(plan.val_gl.index_ids) <= 2000
+    assert [r[2] for r in plan.val_gl.test_rows if r[1] != "None"] == ["Public"] * 200
+    assert len(plan.val_gl.test_rows) == len(plan.test_rows)
+
+
+# ------------------------------------------------------------------------------------------ validation sets
+VAL_PREFIXES = ("datasets/rsynth_val/", "gldv2_val/")
+VAL_ROLES = (
+    "rsynth_val",
+    "rsynth_val_distractor",
+    "gldv2synth_val",
+    "gldv2synth_val_distractor",
+    "gldv2synth_val_unscored",
+)
+#: tree sha256 of the tiny dataset (seed 0) written by generator 1.2, before the validation sets existed
+TINY_TREE_SHA256_GENERATOR_1_2 = "c41ea23407a3466d6e3a626ef908e2642ea0bb7ac1e1a2471cabd3b489e51ec5"
+
+
+def _manifest(path: Path) -> dict:
+    return json.loads((path / "manifest.json").read_text())
+
+
+def test_validation_sets_leave_every_other_file_byte_identical(tiny, tmp_path):
+    no_val = dataclasses.replace(SyntheticConfig.tiny(), val_rev_landmarks=0, val_gl_landmarks=0)
+    bare = make_synthetic(tmp_path, name="synth_tiny", config=no_val, workers=1)
+    with_val, without = _manifest(tiny)["files"], _manifest(bare)["files"]
+    assert without and not [rel for rel in without if rel.startswith(VAL_PREFIXES)]  # size 0: not written
+    assert {rel for rel in with_val if not rel.startswith(VAL_PREFIXES)} == set(without)
+    assert {rel: with_val[rel] for rel in without} == without
+    # every file of the training and test sets, byte for byte: CSVs, the gnd pickle and every image
+    for rel in without:
+        assert (tiny / rel).read_bytes() == (bare / rel).read_bytes(), rel
+    # ... and the same bytes as before the validation sets were added (generator 1.2)
+    assert _tree_sha256(without) == TINY_TREE_SHA256_GENERATOR_1_2
+
+
+def test_validation_sets_formats_and_sizes(tiny):
+    cfg = SyntheticConfig.tiny()
+    counts = _manifest(tiny)["counts"]
+    # rsynth_val: the revisited format of rsynth, read by the same loader
+    rev = load_revisited_eval_set(tiny, "rsynth_val")
+    n_db = (
+        cfg.val_rev_landmarks * cfg.val_rev_db_per_landmark
+        + cfg.val_rev_distractor_landmarks * cfg.val_rev_views_per_distractor
+        + cfg.val_rev_clutter
+    )
+    assert len(rev.query_paths) == cfg.val_rev_landmarks * cfg.val_rev_queries_per_landmark == 12
+    assert len(rev.gallery_paths) == n_db == counts["rsynth_val_db"]
+    assert all(p.parent == val_revisited_root(tiny) / "jpg" for p in rev.query_paths + rev.gallery_paths)
+    assert all(p.stem.startswith("rsynth_val_") for p in rev.query_paths + rev.gallery_paths)
+    assert all(g["easy"] or g["hard"] for g in rev.gnd)
+    for key in ("easy", "hard", "junk"):  # the visibility rules of rsynth give every label
+        assert counts[f"rsynth_val_{key}"] == sum(len(g[key]) for g in rev.gnd) > 0
+    # gldv2synth_val: the GLDv2 eval format, every scored query Public
+    root = val_gldv2_root(tiny)
+    for name in ("index.csv", "test.csv"):
+        assert (root / name).read_text().splitlines()[0] == "id"
+    assert (root / "retrieval_solution_v2.1.csv").read_text().splitlines()[0] == "id,images,Usage"
+    sol = read_csv(root / "retrieval_solution_v2.1.csv")
+    assert [r["id"] for r in sol] == [r["id"] for r in read_csv(root / "test.csv")]
+    assert {r["Usage"] for r in sol if r["images"] != "None"} == {"Public"}
+    assert {r["Usage"] for r in sol} <= {"Public", "Ignored"}  # no private row at all
+    gl = load_gldv2_eval_set(root, name="gldv2synth_val")
+    assert len(gl.query_paths) == cfg.val_gl_landmarks * cfg.val_gl_queries_per_landmark == 16
+    assert set(gl.usage) == {"public"} and gl.protocols == ("public",)
+    assert len(gl.gallery_paths) == counts["gldv2_val_index"]
+    assert len(sol) == counts["gldv2_val_test"] == len(gl.query_paths) + cfg.val_gl_unscored_test
+
+
+def test_validation_landmarks_are_disjoint_from_training_and_test(tiny):
+    cfg = SyntheticConfig.tiny()
+    plan = _make_plan(0, cfg)
+    roles = plan.landmarks
+    val = {lm for role in VAL_ROLES for lm in roles[role]}
+    other = {lm for role, lms in roles.items() if role not in VAL_ROLES for lm in lms}
+    assert val and other and not val & other
+    assert min(val) > max(other)  # numbered after every training and test landmark and distractor
+
+    # read back from the files: which landmark each image on disk shows (the plan's jobs name every file) ...
+    files = _manifest(tiny)["files"]
+    shown = {job.relpath: job.landmark for job in plan.jobs}
+    assert set(shown) <= set(files)
+    in_val = {lm for rel, lm in shown.items() if rel.startswith(VAL_PREFIXES)} - {-1}
+    elsewhere = {lm for rel, lm in shown.items() if not rel.startswith(VAL_PREFIXES)} - {-1}
+    assert in_val and not in_val & elsewhere
+    # ... the files agree with it: a query's solution in gldv2_val is exactly its landmark's gallery
+    root = val_gldv2_root(tiny)
+    lm_of_id = {Path(rel).stem: lm for rel, lm in shown.items() if rel.startswith("gldv2_val/")}
+    for row in read_csv(root / "retrieval_solution_v2.1.csv"):
+        if row["images"] != "None":
+            lm = lm_of_id[row["id"]]
+            assert lm in val
+            assert set(row["images"].split()) == {
+                iid for iid in (r["id"] for r in read_csv(root / "index.csv")) if lm_of_id[iid] == lm
+            }
+    # image identities: no validation image id or name is used by training or test files
+    train_ids = {i for r in read_csv(gldv2_root(tiny) / "train_clean.csv") for i in r["images"].split()}
+    test_ids = {r["id"] for name in ("index.csv", "test.csv") for r in read_csv(gldv2_root(tiny) / name)}
+    val_ids = {r["id"] for name in ("index.csv", "test.csv") for r in read_csv(root / name)}
+    assert val_ids and not val_ids & (train_ids | test_ids)
+    rsynth, _ = read_rsynth(tiny)
+    with open(val_revisited_root(tiny) / "gnd_rsynth_val.pkl", "rb") as f:
+        rsynth_val = pickle.load(f)
+    assert not set(rsynth_val["imlist"] + rsynth_val["qimlist"]) & set(rsynth["imlist"] + rsynth["qimlist"])
+    val_hashes = {h for rel, h in files.items() if rel.startswith(VAL_PREFIXES)}
+    assert not val_hashes & {h for rel, h in files.items() if not rel.startswith(VAL_PREFIXES)}
+    # new landmark numbers draw new appearances: no validation landmark looks like another landmark
+    maps = {lm: _landmark(0, lm).matmap.tobytes() for lm in val | other}
+    assert not {maps[lm] for lm in val} & {maps[lm] for lm in other}
+    assert len({maps[lm] for lm in val}) == len(val)
 
 
 # ------------------------------------------------------------------------------------------ manifest
