@@ -153,6 +153,10 @@ class TuningSpec:
 
     budget: int = 0
     validation_sets: tuple[EvalSetSpec, ...] = ()
+    #: the seed of every trial (its new model and the old model it trains against)
+    seed: int = 0
+    #: take ``--preset tuned`` from this benchmark's presets (None: this benchmark's own)
+    preset_source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -498,6 +502,13 @@ def validate_spec(spec: BenchmarkSpec, where: str) -> None:
     req(e.batch_size >= 1, "evaluation.batch_size", f"must be >= 1, got {e.batch_size}")
     # tuning and top level
     req(spec.tuning.budget >= 0, "tuning.budget", f"must be >= 0, got {spec.tuning.budget}")
+    req(spec.tuning.seed >= 0, "tuning.seed", f"must be >= 0, got {spec.tuning.seed}")
+    src = spec.tuning.preset_source
+    req(
+        src is None or bool(re.fullmatch(r"[A-Za-z0-9_.-]+", src)),
+        "tuning.preset_source",
+        f"must be a benchmark name, got {src!r}",
+    )
     _check_validation_sets(spec.tuning.validation_sets, e.eval_sets, req)
     seeds_ok(spec.seeds, "seeds")
     req(spec.sequential_steps >= 1, "sequential_steps", f"must be >= 1, got {spec.sequential_steps}")

@@ -34,7 +34,14 @@ from bctbench.pipeline.old_model import (
 )
 from bctbench.pipeline.reevaluation import reevaluate
 from bctbench.pipeline.sequential import run_sequential, train_generation
-from bctbench.pipeline.single_run import render_leaderboard, run, run_all
+from bctbench.pipeline.single_run import (
+    TrainedRun,
+    render_leaderboard,
+    resolve_method,
+    run,
+    run_all,
+    train_method,
+)
 from bctbench.pipeline.trainer import cpu_has_bf16, partial_dir, training_precision
 
 __all__ = [
@@ -70,6 +77,9 @@ __all__ = [
     "run_sequential",
     "run",
     "run_all",
+    "TrainedRun",
+    "resolve_method",
+    "train_method",
     "render_leaderboard",
     "reevaluate",
 ]

@@ -54,13 +54,22 @@ VAL_PAIRS = ["old-old", "new-old", "new-new"]
 __all__ = ["PARAGON", "plan_trials", "primary_values", "score_trial", "tune"]
 
 
-def plan_trials(space: dict[str, list], budget: int, seed: int, method: str) -> list[dict[str, Any]]:
+def plan_trials(
+    space: dict[str, list], budget: int, seed: int, method: str, defaults: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """The trials' hyperparameter overrides: ``[{}]`` (the defaults) followed by up to ``budget − 1`` distinct
-    grid points of ``space`` in a seeded random order (seed = ``(seed, crc32(method))``)."""
+    grid points of ``space`` in a seeded random order (seed = ``(seed, crc32(method))``), leaving out the grid
+    point that equals ``defaults`` (trial 0 already is it)."""
     if budget < 1:
         raise ConfigError(f"tuning budget must be >= 1, got {budget}")
     names = sorted(space)
-    grid = [dict(zip(names, values, strict=True)) for values in itertools.product(*(space[n] for n in names))]
+    grid = (
+        [dict(zip(names, v, strict=True)) for v in itertools.product(*(space[n] for n in names))]
+        if names
+        else []
+    )
+    defaults = defaults or {}
+    grid = [g for g in grid if any(k not in defaults or defaults[k] != v for k, v in g.items())]
     rng = np.random.default_rng([int(seed), zlib.crc32(method.encode())])
     order = rng.permutation(len(grid)) if grid else []
     return [{}] + [grid[int(i)] for i in order][: budget - 1]
@@ -180,7 +189,7 @@ def tune(
     cls, _, seed, runtime = resolve_method(ctx, method_name, seed=seed, overrides=None, runtime=runtime)
     budget = int(spec.tuning.budget if budget is None else budget)
     space = {} if cls.name == PARAGON else dict(cls.search_space() or {})
-    trials = plan_trials(space, max(budget, 1), seed, cls.name)
+    trials = plan_trials(space, max(budget, 1), seed, cls.name, method_parameters(cls))
     if cls.name != PARAGON and budget < 1:
         raise ConfigError(f"benchmark '{spec.name}' has tuning.budget 0: give --budget N")
     path = out_path or preset_file(spec.name, cls.name)
