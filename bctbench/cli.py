@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--plots",
         default=None,
-        help="folder for the figures, each as PDF and PNG (default: results/<benchmark>/plots)",
+        help="folder for the figures, each as PDF and PNG (default: <results root>/<benchmark>/plots)",
     )
     p.add_argument(
         "--curve-methods",

@@ -37,6 +37,7 @@ def test_pyproject_lists_every_package_folder_under_its_package_name():
     assert sorted(config["packages"]) == sorted(found)
     data = config["package-data"]["bctbench.benchmarks"]
     assert "*.yaml" in data and "old_models/*/seed*.pt" in data and "old_models/*/seed*.pt.json" in data
+    assert "presets/*/*.yaml" in data  # tuned presets ship with the specs
 
 
 def test_checkout_imports_no_top_level_methods_or_datamodules():

@@ -136,10 +136,12 @@ def method_style(label: str) -> Style:
     name otherwise; ``(yours)`` rows hollow."""
     hollow = label.endswith(" (yours)")
     name = label.removesuffix(" (yours)")
-    base, _, digest = name.partition("@")
+    base, sep, digest = name.partition("@")
+    if not sep:  # a preset row ``method:<preset>``
+        base, _, digest = name.partition(":")
     fixed = METHOD_STYLES.get(name)
     if fixed is not None:
         return Style(fixed.color, fixed.marker, hollow)
-    if base in METHOD_STYLES and digest:  # a hyperparameter variant: the method's colour, its own marker
+    if base in METHOD_STYLES and digest:  # a hyperparameter or preset variant: the method's colour, own marker
         return Style(METHOD_STYLES[base].color, _EXTRA_MARKERS[_digest(digest) % 3], hollow)
     return Style(derived_color(name), _EXTRA_MARKERS[_digest(name) % len(_EXTRA_MARKERS)], hollow)

@@ -24,6 +24,14 @@ CANDIDATES = {
     # the same number of training images over fewer classes: more images per class for the data allocation
     "classes360": {"train_classes": 360, "train_median": 14.0, "train_max": 60},
     "classes240": {"train_classes": 240, "train_median": 21.0, "train_max": 90},
+    # easier views (less clutter/occlusion/photometric change), same sizes
+    "difficulty025": {"difficulty": 0.25},
+    "classes360_difficulty025": {
+        "train_classes": 360,
+        "train_median": 14.0,
+        "train_max": 60,
+        "difficulty": 0.25,
+    },
 }
 
 
@@ -34,6 +42,7 @@ def main() -> None:
     ap.add_argument("--data-root", default="/tmp/bctbench-design/data")
     ap.add_argument("--cache-root", default="/tmp/bctbench-design/cache")
     ap.add_argument("--independent", action="store_true", help="also train independent (seed 0)")
+    ap.add_argument("--old-epochs", type=int, default=None, help="override the spec's old_model.epochs")
     args = ap.parse_args()
 
     import bctbench.datamodules.synthetic as syn
@@ -50,7 +59,10 @@ def main() -> None:
     runtime = pipeline.Runtime(wandb=False, accelerator="cpu")
     for bench in args.benchmarks:
         ctx = pipeline.RunContext.create(bench, data_root, cache_root, cache_root / "results")
-        ctx.spec = dataclasses.replace(ctx.spec, old_model=dataclasses.replace(ctx.spec.old_model, pinned={}))
+        old_spec = dataclasses.replace(ctx.spec.old_model, pinned={})
+        if args.old_epochs is not None:
+            old_spec = dataclasses.replace(old_spec, epochs=args.old_epochs)
+        ctx.spec = dataclasses.replace(ctx.spec, old_model=old_spec)
         start = time.time()
         with pipeline.validation_only(ctx):
             pipeline.ensure_dataset(ctx)
@@ -64,6 +76,7 @@ def main() -> None:
                 "candidate": args.candidate,
                 "benchmark": bench,
                 "config": CANDIDATES[args.candidate],
+                "old_epochs": ctx.spec.old_model.epochs,
                 "old_old": {
                     r["eval_set"]: round(100 * r["value"], 2)
                     for r in rep.rows
