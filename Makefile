@@ -11,7 +11,7 @@ SEEDS  ?= 0 1 2
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv bench bench-all reference smoke leaderboard reevaluate data test test-all lint format clean
+.PHONY: help venv bench bench-all reference tune tune-all smoke leaderboard reevaluate data test test-all lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -33,6 +33,14 @@ bench-all: $(STAMP) ## every registered method x SEEDS on BENCH, JOBS at a time 
 
 reference: $(STAMP) ## maintainers: every method x SEEDS into results/reference (clean tree only; ARGS=--force redoes existing ones)
 	$(BIN)/bctbench run-all --reference --benchmark $(BENCH) --seeds $(SEEDS) $(ARGS)
+
+tune: $(STAMP) ## tune METHOD on BENCH's validation sets (writes benchmarks/presets/BENCH/METHOD.yaml; resumable)
+	$(BIN)/bctbench tune --benchmark $(BENCH) --method $(METHOD) $(ARGS)
+
+tune-all: $(STAMP) ## tune every method on BENCH, JOBS (default 2) at a time, one thread each; phi* (independent) first
+	OMP_NUM_THREADS=1 $(BIN)/bctbench tune --benchmark $(BENCH) --method independent --num-workers 0 --quiet $(ARGS)
+	$(BIN)/bctbench methods | awk '{print $$1}' | grep -vx independent | OMP_NUM_THREADS=1 xargs -P $(or $(JOBS),2) -I{} \
+		$(BIN)/bctbench tune --benchmark $(BENCH) --method {} --num-workers 0 --quiet $(ARGS)
 
 smoke: $(STAMP) ## every registered method on the tiny smoke benchmark (CPU, CI-sized)
 	$(BIN)/bctbench run-all --benchmark smoke --seeds 0 $(ARGS)

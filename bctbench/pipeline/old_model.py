@@ -21,6 +21,14 @@ log = logging.getLogger("bctbench")
 
 
 # ----------------------------------------------------------------------------------------- old model
+OLD_INIT_SEED_OFFSET = 100_003
+
+
+def old_init_seed(seed: int) -> int:
+    """The seed of old model ``seed``'s initial weights (its data order still follows ``seed``)."""
+    return OLD_INIT_SEED_OFFSET + int(seed)
+
+
 def pinned_old_model_path(spec: BenchmarkSpec, seed: int) -> Path:
     """The committed file of a pinned old model: ``<specs folder>/old_models/<benchmark>/seed<k>.pt``."""
     from bctbench.config import BENCHMARKS_DIR
@@ -130,7 +138,9 @@ def ensure_old_model(
     from bctbench.training import ClassifierModule
 
     _cpu_threads(ctx, runtime)
-    pl.seed_everything(seed, workers=True, verbose=False)
+    # the old model's initial weights come from their own seed: with seed k for both, old model k and a new
+    # model of seed k started from the same weights and ended partially compatible without any BCT loss
+    pl.seed_everything(old_init_seed(seed), workers=True, verbose=False)
     # sequential allocations: the old model is generation 0, trained on the first subset
     dm = build_datamodule(ctx, "old", runtime, seed, step=0 if spec.sequential_steps > 1 else None)
     dm.prepare_data()

@@ -117,6 +117,14 @@ def _identities(ctx: RunContext, old_identity: str) -> dict[str, Any]:
     }
 
 
+def _code_version() -> dict[str, Any]:
+    """``{"sha", "dirty", "torch"}`` of the code that ran the trials (a committed preset should say clean)."""
+    from bctbench.results import collect_provenance
+
+    prov = collect_provenance()
+    return {**prov.get("git", {}), "torch": prov.get("env", {}).get("torch")}
+
+
 def _read_log(path: Path) -> dict[str, Any] | None:
     from bctbench.presets import read_preset
 
@@ -212,6 +220,7 @@ def tune(
             ),
             "validation_sets": [es.name for es in spec.tuning.validation_sets],
             "identities": None,
+            "code": _code_version(),
             "chosen": {},
             "chosen_trial": None,
             "trials": [],
