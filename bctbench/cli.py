@@ -49,6 +49,12 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-wandb", action="store_true", help="do not log to W&B")
     p.add_argument("--resume", action="store_true", help="resume the new model from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--validate-every",
+        default="0",
+        metavar="N",
+        help="log the new model's validation mAP@100 (torchmetrics) every N epochs (0: off; a monitor only)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -294,6 +300,7 @@ def _runtime_from_args(args: argparse.Namespace):
         wandb=not args.no_wandb,
         resume=args.resume,
         progress=not args.quiet and sys.stderr.isatty(),
+        validate_every=getattr(args, "validate_every", 0),
     )
 
 
@@ -520,6 +527,8 @@ def _check_args(args: argparse.Namespace) -> None:
         args.seeds = seeds
     if getattr(args, "num_workers", None) is not None:
         args.num_workers = check_runtime_option("num_workers", args.num_workers, "--num-workers")
+    if getattr(args, "validate_every", None) is not None:
+        args.validate_every = check_runtime_option("validate_every", args.validate_every, "--validate-every")
     if getattr(args, "num_nodes", None) is not None:
         args.num_nodes = check_runtime_option("num_nodes", args.num_nodes, "--num-nodes")
     if getattr(args, "devices", None) is not None:

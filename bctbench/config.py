@@ -781,10 +781,11 @@ def check_runtime_option(key: str, value: Any, label: str | None = None) -> Any:
     text = value if isinstance(value, str) else None
     if key == "devices":
         return parse_devices(value, label)
-    if key in ("seed", "num_workers", "num_nodes"):
+    if key in ("seed", "num_workers", "num_nodes", "validate_every"):
         lo, hi, what = {
             "seed": (0, SEED_LIMIT, "an integer in [0, 2**32)"),
             "num_workers": (0, None, "an integer >= 0"),
+            "validate_every": (0, None, "an integer >= 0 (epochs; 0: off)"),
             "num_nodes": (1, None, "an integer >= 1"),
         }[key]
         if text is not None:

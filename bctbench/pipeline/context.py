@@ -34,6 +34,8 @@ class Runtime:
     wandb: bool = True
     resume: bool = False
     progress: bool = False
+    #: epochs between validation-monitor passes (0: off; see bctbench.validation_monitor)
+    validate_every: int = 0
     profiler: Any = None  # a Lightning profiler (benchmarks/perf/run_profile.py); not a protocol setting
 
     def apply(self, options: dict[str, Any]) -> Runtime:

@@ -204,13 +204,21 @@ def train_method(
         logger = CSVLogger(str(work), name="logs")
     from bctbench.resume import ResumeState
 
+    callbacks = [*_callbacks(work, with_lr_monitor=True), ResumeState(provenance)]
+    if runtime.validate_every > 0 and spec.tuning.validation_sets:
+        from bctbench.pipeline.dataset import load_validation_sets, test_transform
+        from bctbench.validation_monitor import validation_monitor
+
+        callbacks.append(
+            validation_monitor(load_validation_sets(ctx), test_transform(ctx), runtime.validate_every)
+        )
     trainer = _trainer(
         ctx,
         runtime,
         max_epochs=spec.training.epochs,
         default_root_dir=work,
         logger=logger,
-        callbacks=[*_callbacks(work, with_lr_monitor=True), ResumeState(provenance)],
+        callbacks=callbacks,
     )
     t0 = time.time()
     _fit(trainer, model, dm, ckpt_path)
