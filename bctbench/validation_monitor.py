@@ -76,7 +76,13 @@ def validation_monitor(eval_sets: list, transform: Any, every: int, batch_size: 
 
                 def feats(name: str, paths, _es=es) -> np.ndarray:
                     return extract_features(
-                        enc[name], paths, None, transform, batch_size=batch_size, device=None, desc=f"val {name}"
+                        enc[name],
+                        paths,
+                        None,
+                        transform,
+                        batch_size=batch_size,
+                        device=None,
+                        desc=f"val {name}",
                     )
 
                 q = feats("new", es.query_paths)

@@ -8,7 +8,7 @@ import yaml
 
 from bctbench import pipeline, presets
 from bctbench.errors import SealedTestSetError
-from bctbench.pipeline.tuning import plan_trials, score_trial, tune
+from bctbench.pipeline.tuning import choose, plan_trials, score_trial, tune
 
 RUNTIME = pipeline.Runtime(wandb=False, accelerator="cpu")
 
@@ -42,6 +42,17 @@ def test_score_needs_compatibility_on_every_validation_set():
     sc = score_trial(rows, primary, {"a": 0.5, "b": 0.4})
     assert sc["compatible"] is False  # b: cross 0.19 < old->old 0.20
     assert sc["P_up"] == pytest.approx(50.0) and 0 < sc["P_1"] < 100
+
+
+def test_choose_prefers_compatible_trials_then_p1():
+    def t(i, p1, ok):
+        return {"trial": i, "hparams": {"w": i}, "scores": {"P_1": p1, "compatible": ok}}
+
+    best, why = choose([t(0, 40.0, False), t(1, 45.0, False), t(2, 41.0, True), t(3, 41.0, True)])
+    assert best["trial"] == 2 and "among compatible" in why  # compatible first; ties: the earlier trial
+    best, why = choose([t(0, 40.0, False), t(1, 45.0, False)])
+    assert best["trial"] == 1 and "no trial met" in why
+    assert choose([t(0, 1.0, False), t(1, 9.0, True)], paragon=True)[0]["trial"] == 0
 
 
 @pytest.fixture(scope="module")

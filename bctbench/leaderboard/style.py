@@ -142,6 +142,8 @@ def method_style(label: str) -> Style:
     fixed = METHOD_STYLES.get(name)
     if fixed is not None:
         return Style(fixed.color, fixed.marker, hollow)
-    if base in METHOD_STYLES and digest:  # a hyperparameter or preset variant: the method's colour, own marker
+    if (
+        base in METHOD_STYLES and digest
+    ):  # a hyperparameter or preset variant: the method's colour, own marker
         return Style(METHOD_STYLES[base].color, _EXTRA_MARKERS[_digest(digest) % 3], hollow)
     return Style(derived_color(name), _EXTRA_MARKERS[_digest(name) % len(_EXTRA_MARKERS)], hollow)

@@ -12,7 +12,8 @@ Protocol (docs/evaluation.md, "Tuning"):
   validation old→old of the same old model and the validation self-test of φ* (``independent`` at its
   defaults, trained once per benchmark and kept as its own preset file). A trial is eligible only if it meets
   the compatibility criterion on every validation set (cross > old→old). The chosen trial is the eligible one
-  with the highest P_1 (ties: the earlier trial); with none eligible the defaults are kept, and the file says so.
+  with the highest P_1 (ties: the earlier trial); with none eligible, the trial with the highest P_1 (P_1
+  already counts how far below old→old the cross-test is), and the file says so (``selected_by``).
 * **Record.** ``benchmarks/presets/<benchmark>/<method>.yaml`` (:mod:`bctbench.presets`): the chosen
   hyperparameters and every trial (hyperparameters, validation metrics, P-metrics, eligibility, seconds), with
   the identities it was tuned under. It is rewritten after each trial (``complete: false`` until the last), so
@@ -51,7 +52,7 @@ log = logging.getLogger("bctbench")
 PARAGON = "independent"
 VAL_PAIRS = ["old-old", "new-old", "new-new"]
 
-__all__ = ["PARAGON", "plan_trials", "primary_values", "score_trial", "tune"]
+__all__ = ["PARAGON", "choose", "plan_trials", "primary_values", "score_trial", "tune"]
 
 
 def plan_trials(
@@ -95,6 +96,19 @@ def score_trial(rows: list[dict], primary: dict[str, list[str]], paragon_self: d
         "P_1": float(p["P_beta"]),
         "compatible": bool(np.all(cross > old)),
     }
+
+
+def choose(trials: list[dict[str, Any]], paragon: bool = False) -> tuple[dict[str, Any], str]:
+    """``(chosen trial, why)``: the highest validation P_1 among trials meeting the compatibility criterion
+    (ties: the earlier trial); without any, the highest P_1 of all; the paragon keeps its defaults."""
+    if paragon:
+        return trials[0], "defaults (the paragon is not tuned)"
+    eligible = [t for t in trials if t["scores"].get("compatible")]
+    pool = eligible or trials
+    best = max(pool, key=lambda t: (t["scores"]["P_1"], -t["trial"]))
+    if eligible:
+        return best, "highest validation P_1 among compatible trials"
+    return best, "no trial met the compatibility criterion on validation: highest validation P_1"
 
 
 def primary_values(rows: list[dict], primary: dict[str, list[str]]) -> dict[str, dict[str, float]]:
@@ -249,18 +263,17 @@ def tune(
                 scores: dict[str, Any] = {"sets": primary_values(rows, primary)}
             else:
                 scores = score_trial(rows, primary, paragon or {})
-            doc["trials"].append({"trial": i, "hparams": kw, "scores": scores, "seconds": round(seconds, 1)})
+            doc["trials"].append(
+                {
+                    "trial": i,
+                    "hparams": kw,
+                    "scores": scores,
+                    "seconds": round(seconds, 1),
+                    "code": doc["code"].get("sha"),
+                }
+            )
             _write_log(path, doc)
-        eligible = [t for t in doc["trials"] if cls.name == PARAGON or t["scores"].get("compatible")]
-        if cls.name == PARAGON:
-            best = doc["trials"][0]
-            doc["selected_by"] = "defaults (the paragon is not tuned)"
-        elif eligible:
-            best = max(eligible, key=lambda t: (t["scores"]["P_1"], -t["trial"]))
-            doc["selected_by"] = "highest validation P_1 among compatible trials"
-        else:
-            best = doc["trials"][0]
-            doc["selected_by"] = "no trial met the compatibility criterion on validation: defaults kept"
+        best, doc["selected_by"] = choose(doc["trials"], paragon=cls.name == PARAGON)
         doc["chosen"] = dict(best["hparams"])
         doc["chosen_trial"] = best["trial"]
         doc["complete"] = True
