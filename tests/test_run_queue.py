@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -194,13 +195,29 @@ def test_sigterm_stops_the_jobs_and_exits_130(data_root, tmp_path):
     assert not _result(tmp_path, "bct").exists()
 
 
+def _three_epoch_smoke(tmp_path: Path) -> str:
+    """A copy of the smoke spec with 3 epochs (its pinned old models beside it): the kill below must land
+    between the first epoch's checkpoint and the end of a job, a window of two epochs instead of one
+    evaluation, so that a loaded machine cannot make the test miss it."""
+    from bctbench.config import BENCHMARKS_DIR
+
+    folder = tmp_path / "specs"
+    shutil.copytree(BENCHMARKS_DIR / "old_models" / "smoke", folder / "old_models" / "smoke")
+    text = (BENCHMARKS_DIR / "smoke.yaml").read_text()
+    text = text.replace("training:\n  epochs: 1\n", "training:\n  epochs: 3\n", 1)
+    assert "training:\n  epochs: 3\n" in text
+    (folder / "smoke.yaml").write_text(text)
+    return str(folder / "smoke.yaml")
+
+
 def test_kill_the_queue_then_rerun_finishes_with_straight_run_metrics(data_root, tmp_path):
+    spec = _three_epoch_smoke(tmp_path)
     # straight runs, one process per method (own cache roots), with the thread count of `--jobs 2`
     env = dict(os.environ, OMP_NUM_THREADS=str(THREADS))
     straight = {}
     for method in METHODS:
         base = tmp_path / f"straight-{method}"
-        argv = ["run", "-b", "smoke", "-m", method, "--no-wandb", "--quiet", *_roots(data_root, base)]
+        argv = ["run", "-b", spec, "-m", method, "--no-wandb", "--quiet", *_roots(data_root, base)]
         straight[method] = subprocess.Popen(
             [sys.executable, "-m", "bctbench.cli", *argv],
             stdout=subprocess.DEVNULL,
@@ -214,6 +231,7 @@ def test_kill_the_queue_then_rerun_finishes_with_straight_run_metrics(data_root,
 
     base = tmp_path / "queue"
     argv = _run_all(data_root, base, "--methods", *METHODS, "--jobs", "2")
+    argv[argv.index("smoke")] = spec
     runs = base / "cache" / "runs" / "smoke"
     with open(tmp_path / "queue.out", "w") as fh:
         proc = subprocess.Popen(

@@ -76,7 +76,7 @@ SPEC_CASES = [
     ),
     ("backfill_seeds_negative", "backfill_seeds: [0]", "backfill_seeds: [-1]", "evaluation.backfill_seeds"),
     ("eval_batch_size_zero", "  batch_size: 256", "  batch_size: 0", "evaluation.batch_size"),
-    ("tuning_budget_negative", "budget: 0", "budget: -1", "tuning.budget"),
+    ("tuning_budget_negative", "budget: 2", "budget: -1", "tuning.budget"),
     (
         "validation_sets_scalar",
         "    - {name: rsynth_val, kind: revisited, root: synth_tiny}\n"
@@ -148,8 +148,8 @@ SPEC_CASES = [
     ),
     (
         "tuning_validation_legacy_value",
-        "budget: 0\n",
-        "budget: 0\n  validation: public\n",
+        "budget: 2\n",
+        "budget: 2\n  validation: public\n",
         "tuning.validation",
     ),
     (
