@@ -75,6 +75,20 @@ def _source(spec: Any) -> str:
     return getattr(getattr(spec, "tuning", None), "preset_source", None) or spec.name
 
 
+def _check_current(path: Path, data: dict[str, Any], spec: Any) -> None:
+    """A tuned preset is frozen to the spec it was tuned on: refuse one tuned under another version."""
+    from bctbench.config import load_benchmark
+
+    source = _source(spec)
+    want = spec.sha256 if source == spec.name else load_benchmark(source).sha256
+    got = (data.get("identities") or {}).get("benchmark_sha256")
+    if got != want:
+        raise ConfigError(
+            f"{path}: tuned under another version of benchmark '{source}' (spec sha256 {str(got)[:12]}, now "
+            f"{want[:12]}); tune again"
+        )
+
+
 def resolve(spec: Any, cls: type, name: str) -> dict[str, Any]:
     """The hyperparameters of preset ``name`` for method class ``cls`` on benchmark ``spec``.
 
@@ -101,6 +115,7 @@ def resolve(spec: Any, cls: type, name: str) -> dict[str, Any]:
             )
         if not data.get("complete"):
             raise ConfigError(f"{path}: tuning is not complete ({len(data['trials'])} trials so far)")
+        _check_current(path, data, spec)
         values = dict(data["chosen"])
     else:
         variants = _variants(cls)

@@ -63,6 +63,7 @@ def test_tuned_file_is_read_and_checked(tmp_path, monkeypatch):
         "chosen": {"weight": 2.0},
         "trials": [{"trial": 0}],
         "complete": False,
+        "identities": {"benchmark_sha256": spec.sha256},
     }
     path.write_text(yaml.safe_dump(doc))
     with pytest.raises(ConfigError, match="tuning is not complete \\(1 trials so far\\)"):
@@ -70,6 +71,9 @@ def test_tuned_file_is_read_and_checked(tmp_path, monkeypatch):
     path.write_text(yaml.safe_dump(doc | {"complete": True}))
     assert presets.resolve(spec, bct, "tuned") == {"weight": 2.0}
     assert presets.available(spec, bct)[0] == "tuned"
+    path.write_text(yaml.safe_dump(doc | {"complete": True, "identities": {"benchmark_sha256": "0" * 64}}))
+    with pytest.raises(ConfigError, match="tuned under another version of benchmark 'smoke'"):
+        presets.resolve(spec, bct, "tuned")
     path.write_text(yaml.safe_dump(doc | {"complete": True, "chosen": {"nosuch": 1}}))
     with pytest.raises(ConfigError, match="'nosuch' is not a hyperparameter"):
         presets.resolve(spec, bct, "tuned")
