@@ -27,12 +27,15 @@ def main(benchmarks: list[str]) -> None:
             if not trials or "P_1" not in trials[0]["scores"]:
                 continue  # the paragon
             first = trials[0]["scores"]
+            default = f"| {first['P_1']:.2f} | {'yes' if first['compatible'] else 'no'} "
+            if not doc.get("complete"):  # still tuning: nothing chosen yet
+                print(f"| {doc['method']} (incomplete) | {len(trials)} {default}| – | – | – | – |")
+                continue
             best = next(t for t in trials if t["trial"] == doc.get("chosen_trial"))["scores"]
             chosen = " ".join(f"{k}={v}" for k, v in sorted(doc["chosen"].items())) or "(defaults)"
-            state = "" if doc.get("complete") else " (incomplete)"
             print(
-                f"| {doc['method']}{state} | {len(trials)} | {first['P_1']:.2f} | {'yes' if first['compatible'] else 'no'} "
-                f"| {best['P_1']:.2f} | {'yes' if best['compatible'] else 'no'} | {chosen} | {doc.get('selected_by', '')} |"
+                f"| {doc['method']} | {len(trials)} {default}| {best['P_1']:.2f} | "
+                f"{'yes' if best['compatible'] else 'no'} | {chosen} | {doc.get('selected_by', '')} |"
             )
 
 
