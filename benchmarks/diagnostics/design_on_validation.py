@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,8 +40,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--candidate", choices=sorted(CANDIDATES), default="current")
     ap.add_argument("--benchmarks", nargs="+", default=["synth_class30to100", "synth_data30to100"])
-    ap.add_argument("--data-root", default="/tmp/bctbench-design/data")
-    ap.add_argument("--cache-root", default="/tmp/bctbench-design/cache")
+    scratch = Path(tempfile.gettempdir()) / "bctbench-design"  # candidates never touch the real data root
+    ap.add_argument("--data-root", default=str(scratch / "data"))
+    ap.add_argument("--cache-root", default=str(scratch / "cache"))
     ap.add_argument("--independent", action="store_true", help="also train independent (seed 0)")
     ap.add_argument("--old-epochs", type=int, default=None, help="override the spec's old_model.epochs")
     args = ap.parse_args()
