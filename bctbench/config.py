@@ -185,6 +185,21 @@ class BenchmarkSpec:
         canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
+    def tuning_dict(self) -> dict[str, Any]:
+        """What a tuned preset depends on: the spec without its list of seeds and without the pins of seeds
+        other than ``tuning.seed`` (pinning old models for more seeds leaves a tuning valid)."""
+        d = self.to_dict()
+        d.pop("seeds")
+        pins = d["old_model"]["pinned"]
+        d["old_model"]["pinned"] = {k: v for k, v in pins.items() if int(k) == self.tuning.seed}
+        return d
+
+    @property
+    def tuning_sha256(self) -> str:
+        """sha256 of :meth:`tuning_dict` (recorded by ``bctbench tune``, checked by ``--preset tuned``)."""
+        canonical = json.dumps(self.tuning_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
 
 _SECTIONS: dict[str, type] = {
     "data": DataSpec,

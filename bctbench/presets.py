@@ -76,15 +76,21 @@ def _source(spec: Any) -> str:
 
 
 def _check_current(path: Path, data: dict[str, Any], spec: Any) -> None:
-    """A tuned preset is frozen to the spec it was tuned on: refuse one tuned under another version."""
+    """A tuned preset is frozen to the spec it was tuned on: refuse one tuned under another version.
+
+    Compared: the spec's :attr:`~bctbench.config.BenchmarkSpec.tuning_sha256` (seeds and other seeds' pins
+    left out); a log written before that key existed is compared by the full spec sha256."""
     from bctbench.config import load_benchmark
 
     source = _source(spec)
-    want = spec.sha256 if source == spec.name else load_benchmark(source).sha256
-    got = (data.get("identities") or {}).get("benchmark_sha256")
+    current = spec if source == spec.name else load_benchmark(source)
+    identities = data.get("identities") or {}
+    key = "tuning_sha256" if "tuning_sha256" in identities else "benchmark_sha256"
+    want = current.tuning_sha256 if key == "tuning_sha256" else current.sha256
+    got = identities.get(key)
     if got != want:
         raise ConfigError(
-            f"{path}: tuned under another version of benchmark '{source}' (spec sha256 {str(got)[:12]}, now "
+            f"{path}: tuned under another version of benchmark '{source}' ({key} {str(got)[:12]}, now "
             f"{want[:12]}); tune again"
         )
 

@@ -92,3 +92,39 @@ def test_labels_and_cli_refusal(capsys):
     )
     err = capsys.readouterr().err
     assert code == 2 and "cannot be combined" in err and len(err.strip().splitlines()) == 1
+
+
+def test_pinning_more_seeds_keeps_a_tuned_preset_valid_other_changes_do_not(tmp_path, monkeypatch):
+    import dataclasses
+
+    monkeypatch.setattr(presets, "presets_dir", lambda: tmp_path)
+    spec = load_benchmark("smoke")
+    bct = get_method("bct")
+    path = presets.preset_file("smoke", "bct")
+    path.parent.mkdir(parents=True)
+    doc = {
+        "format": presets.FORMAT,
+        "method": "bct",
+        "benchmark": "smoke",
+        "chosen": {"weight": 2.0},
+        "trials": [{"trial": 0}],
+        "complete": True,
+        "identities": {"benchmark_sha256": "0" * 64, "tuning_sha256": spec.tuning_sha256},
+    }
+    path.write_text(yaml.safe_dump(doc))
+    tuning_seed = spec.tuning.seed
+    more = dataclasses.replace(
+        spec,
+        seeds=(*spec.seeds, 7),
+        old_model=dataclasses.replace(spec.old_model, pinned={**spec.old_model.pinned, 7: "a" * 64}),
+    )
+    assert more.sha256 != spec.sha256 and more.tuning_sha256 == spec.tuning_sha256
+    assert presets.resolve(more, bct, "tuned") == {"weight": 2.0}
+    repinned = dataclasses.replace(
+        spec, old_model=dataclasses.replace(spec.old_model, pinned={**spec.old_model.pinned, tuning_seed: "b" * 64})
+    )
+    longer = dataclasses.replace(spec, training=dataclasses.replace(spec.training, epochs=spec.training.epochs + 1))
+    for changed in (repinned, longer):
+        assert changed.tuning_sha256 != spec.tuning_sha256
+        with pytest.raises(ConfigError, match="tuning_sha256"):
+            presets.resolve(changed, bct, "tuned")

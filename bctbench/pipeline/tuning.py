@@ -125,10 +125,18 @@ def primary_values(rows: list[dict], primary: dict[str, list[str]]) -> dict[str,
 def _identities(ctx: RunContext, old_identity: str) -> dict[str, Any]:
     return {
         "benchmark_sha256": ctx.spec.sha256,
+        "tuning_sha256": ctx.spec.tuning_sha256,
         "dataset_sha256": dataset_fingerprint(ctx),
         "split_sha256": split_sha256(ctx),
         "old_identity": old_identity,
     }
+
+
+def _same_tuning(then: Any, now: dict[str, Any]) -> bool:
+    """Whether trials recorded under identities ``then`` are valid under ``now`` (all but the full spec sha)."""
+    if not isinstance(then, dict):
+        return False
+    return all(then.get(k) == v for k, v in now.items() if k != "benchmark_sha256")
 
 
 def _code_version() -> dict[str, Any]:
@@ -242,7 +250,8 @@ def tune(
         ensure_dataset(ctx)
         identities = _identities(ctx, ensure_old_model(ctx, runtime, seed=seed).identity)
         doc["identities"] = identities
-        reusable = previous is not None and previous.get("identities") == identities
+        # the full spec sha may change (more seeds pinned) without touching what the trials depend on
+        reusable = previous is not None and _same_tuning(previous.get("identities"), identities)
         done = {json_key(t["hparams"]): t for t in (previous or {}).get("trials", [])} if reusable else {}
         defaults = method_parameters(cls)
         for i, kw in enumerate(trials):
