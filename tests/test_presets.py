@@ -121,9 +121,14 @@ def test_pinning_more_seeds_keeps_a_tuned_preset_valid_other_changes_do_not(tmp_
     assert more.sha256 != spec.sha256 and more.tuning_sha256 == spec.tuning_sha256
     assert presets.resolve(more, bct, "tuned") == {"weight": 2.0}
     repinned = dataclasses.replace(
-        spec, old_model=dataclasses.replace(spec.old_model, pinned={**spec.old_model.pinned, tuning_seed: "b" * 64})
+        spec,
+        old_model=dataclasses.replace(
+            spec.old_model, pinned={**spec.old_model.pinned, tuning_seed: "b" * 64}
+        ),
     )
-    longer = dataclasses.replace(spec, training=dataclasses.replace(spec.training, epochs=spec.training.epochs + 1))
+    longer = dataclasses.replace(
+        spec, training=dataclasses.replace(spec.training, epochs=spec.training.epochs + 1)
+    )
     for changed in (repinned, longer):
         assert changed.tuning_sha256 != spec.tuning_sha256
         with pytest.raises(ConfigError, match="tuning_sha256"):
