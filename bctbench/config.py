@@ -113,11 +113,14 @@ class OldModelSpec:
     ``pinned`` maps a seed to the content identity (:func:`bctbench.identity.state_identity`) of its old
     model. A pinned seed's model is the committed file ``benchmarks/old_models/<benchmark>/seed<k>.pt`` (or the
     given checkpoint), verified against the identity on every use, so every machine runs against the same
-    old gallery."""
+    old gallery. ``pinned_from`` names another benchmark whose committed old models this one shares (a pair
+    with another new backbone on the same data and allocation): the files come from
+    ``benchmarks/old_models/<pinned_from>/``, still checked against this spec's pins, data and split."""
 
     epochs: int
     checkpoint: str | None = None
     pinned: dict[int, str] = field(default_factory=dict)
+    pinned_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,11 @@ class BenchmarkSpec:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d.pop("source")
+        # keys added after results were published are left out while unset: the sha256 of every existing
+        # spec stays what its results record
+        for section, key in _LATER_KEYS:
+            if d[section].get(key) is None:
+                d[section].pop(key)
         return d
 
     @property
@@ -200,6 +208,9 @@ class BenchmarkSpec:
         canonical = json.dumps(self.tuning_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
+
+#: (section, key) pairs added to the spec format later; omitted from :meth:`BenchmarkSpec.to_dict` when unset
+_LATER_KEYS = (("old_model", "pinned_from"),)
 
 _SECTIONS: dict[str, type] = {
     "data": DataSpec,
@@ -487,6 +498,16 @@ def validate_spec(spec: BenchmarkSpec, where: str) -> None:
     # old model
     req(o.epochs > 0, "old_model.epochs", f"must be positive, got {o.epochs}")
     req(o.checkpoint is None or bool(o.checkpoint.strip()), "old_model.checkpoint", "must not be empty")
+    req(
+        o.pinned_from is None or bool(re.match(r"^[A-Za-z0-9_.-]+$", o.pinned_from)),
+        "old_model.pinned_from",
+        f"expected a benchmark name, got {o.pinned_from!r}",
+    )
+    req(
+        o.pinned_from is None or bool(o.pinned),
+        "old_model.pinned_from",
+        "needs old_model.pinned (the identities)",
+    )
     for seed, ident in o.pinned.items():
         req(seed >= 0, "old_model.pinned", f"key {seed!r} is not a seed (integer >= 0)")
         req(

@@ -109,7 +109,9 @@ class RunContext:
                     k: v for k, v in dataclasses.asdict(s.training).items() if k != "epochs"
                 },  # new-model epochs
                 {
-                    k: v for k, v in dataclasses.asdict(s.old_model).items() if k != "pinned"
+                    k: v
+                    for k, v in dataclasses.asdict(s.old_model).items()
+                    if k not in ("pinned", "pinned_from")
                 },  # pins: not inputs
             ],
             sort_keys=True,

@@ -12,7 +12,7 @@ from typing import Any
 from bctbench.config import (
     BenchmarkSpec,
 )
-from bctbench.errors import CheckpointError
+from bctbench.errors import CheckpointError, ConfigError
 from bctbench.pipeline.context import OldModelRef, RunContext, Runtime, _read_json, _write_json
 from bctbench.pipeline.dataset import build_datamodule, dataset_fingerprint, ensure_dataset, split_sha256
 from bctbench.pipeline.trainer import _cpu_threads, _fit, _trainer
@@ -30,11 +30,12 @@ def old_init_seed(seed: int) -> int:
 
 
 def pinned_old_model_path(spec: BenchmarkSpec, seed: int) -> Path:
-    """The committed file of a pinned old model: ``<specs folder>/old_models/<benchmark>/seed<k>.pt``."""
+    """The committed file of a pinned old model: ``<specs folder>/old_models/<benchmark>/seed<k>.pt``, where
+    ``<benchmark>`` is ``old_model.pinned_from`` when the spec shares another benchmark's old models."""
     from bctbench.config import BENCHMARKS_DIR
 
     base = Path(spec.source).parent if spec.source else BENCHMARKS_DIR
-    return base / "old_models" / spec.name / f"seed{int(seed)}.pt"
+    return base / "old_models" / (spec.old_model.pinned_from or spec.name) / f"seed{int(seed)}.pt"
 
 
 def expected_old_classes(ctx: RunContext) -> int:
@@ -182,6 +183,11 @@ def pin_old_model(ctx: RunContext, seed: int, runtime: Runtime | None = None) ->
     from bctbench.identity import atomic_write_bytes
     from bctbench.old_model import sidecar_path
 
+    if ctx.spec.old_model.pinned_from:
+        raise ConfigError(
+            f"{ctx.spec.source}: benchmark '{ctx.spec.name}' shares the old models of "
+            f"'{ctx.spec.old_model.pinned_from}' (old_model.pinned_from); pin them there"
+        )
     ref = ensure_old_model(ctx, runtime, seed=seed, retrain=True)
     target = pinned_old_model_path(ctx.spec, seed)
     atomic_write_bytes(target, ref.path.read_bytes())

@@ -35,9 +35,34 @@ def test_committed_old_models_have_the_pinned_identities(name: str) -> None:
         path = pipeline.pinned_old_model_path(spec, seed)
         assert path.stat().st_size < 1_000_000
         old = load_old_model(path, identity, expect_backbone=spec.models.old_backbone)
-        assert old.meta["seed"] == seed and old.meta["benchmark"] == name
+        assert old.meta["seed"] == seed and old.meta["benchmark"] == (spec.old_model.pinned_from or name)
         assert len(old.meta["dataset_sha256"]) == 64 and len(old.meta["split_sha256"]) == 64
     assert len(set(spec.old_model.pinned.values())) == len(spec.old_model.pinned)  # a model per seed
+
+
+SHARING = [b for b in PINNED if load_benchmark(b).old_model.pinned_from]
+
+
+def test_the_extended_backbone_pairs_share_the_old_models_of_their_allocation() -> None:
+    assert {"synth_class30to100_w16to24", "synth_data30to100_w16to24"} <= set(SHARING)
+
+
+@pytest.mark.parametrize("name", SHARING)
+def test_a_sharing_benchmark_pins_its_sources_models_and_differs_only_in_the_new_model(name: str) -> None:
+    spec = load_benchmark(name)
+    source = load_benchmark(spec.old_model.pinned_from)
+    assert spec.old_model.pinned.items() <= source.old_model.pinned.items()
+    ctx, src = pipeline.RunContext.create(name), pipeline.RunContext.create(source.name)
+    assert ctx.old_key() == src.old_key()  # everything the old model depends on
+    assert spec.data == source.data and spec.models.old_backbone == source.models.old_backbone
+    assert spec.models.new_backbone != source.models.new_backbone
+    assert spec.tuning.preset_source == source.name
+
+
+def test_pinning_a_sharing_benchmark_is_refused_in_one_line(capsys) -> None:
+    assert main(["train-old", "--pin", "-b", SHARING[0], "--seeds", "0", "--no-wandb"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pin them there" in err
 
 
 def _train_old(tmp_path, cache: str, threads: str) -> str:
@@ -116,3 +141,28 @@ def test_a_pinned_model_trained_on_other_data_is_refused(tmp_path, monkeypatch) 
         CheckpointError, match="trained on dataset_sha256 .* the benchmark's data has ffffffffffff"
     ):
         pipeline.ensure_old_model(ctx, pipeline.Runtime(wandb=False), seed=0)
+
+
+def test_a_wider_new_backbone_runs_against_the_shared_old_model(tmp_path) -> None:
+    """The extended-backbone path end to end on the smoke world: a spec with another new backbone and
+    ``pinned_from: smoke`` trains, and its result names smoke's pinned old model of that seed."""
+    import json
+    import shutil
+
+    from bctbench.config import BENCHMARKS_DIR
+
+    folder = tmp_path / "specs"
+    shutil.copytree(BENCHMARKS_DIR / "old_models" / "smoke", folder / "old_models" / "smoke")
+    text = (BENCHMARKS_DIR / "smoke.yaml").read_text()
+    text = text.replace("name: smoke\n", "name: smoke_wide\n", 1)
+    text = text.replace("  new_backbone: tinycnn_w8\n", "  new_backbone: tinycnn_w12\n", 1)
+    text = text.replace("  pinned:  #", "  pinned_from: smoke\n  pinned:  #", 1)
+    assert "pinned_from: smoke" in text and "tinycnn_w12" in text
+    (folder / "smoke_wide.yaml").write_text(text)
+    results = tmp_path / "results"
+    argv = ["run", "-b", str(folder / "smoke_wide.yaml"), "-m", "l2", "--seed", "1", "--no-wandb", "--quiet"]
+    assert main([*argv, "--results-root", str(results), "--cache-root", str(tmp_path / "cache")]) == 0
+    (path,) = results.rglob("seed1.json")
+    result = json.loads(path.read_text())
+    assert result["benchmark"] == "smoke_wide"
+    assert result["old_identity"] == load_benchmark("smoke").old_model.pinned[1]
