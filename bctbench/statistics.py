@@ -20,6 +20,7 @@ Only NumPy and ``scipy.stats`` (t / normal quantiles and tail probabilities) are
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -29,12 +30,15 @@ from scipy import stats
 __all__ = [
     "Comparison",
     "Interval",
+    "RankAgreement",
     "bootstrap_metric",
     "combined_interval",
     "holm",
+    "kendall_tau_b",
     "landmark_bootstrap_weights",
     "min_detectable_difference",
     "paired_comparison",
+    "rank_agreement",
     "significantly_best",
     "tiers",
 ]
@@ -395,3 +399,114 @@ def min_detectable_difference(sd_diff: float, n: int, alpha: float = 0.05, power
         return _NAN
     df = n - 1
     return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * sd_diff / np.sqrt(n))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# agreement of a ranking with a published one
+# ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RankAgreement:
+    """Kendall's τ_b between the seed means of ``n_methods`` methods and published values, with its uncertainty.
+
+    ``low``/``high``: percentile interval of τ_b over the bootstrap rounds (``level``); ``p_positive``: share of
+    rounds with τ_b > 0; ``p``: exact one-sided permutation p-value of a τ_b at least as large under no
+    association (all orderings of the published values equally likely); ``with_test``: whether the rounds also
+    resample the test set (landmark bootstrap) besides the seeds.
+    """
+
+    tau: float
+    low: float
+    high: float
+    p: float
+    p_positive: float
+    n_methods: int
+    n_seeds: int
+    n_boot: int
+    with_test: bool
+
+
+def _tau_rows(values: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Kendall τ_b of every row of ``values: float[R, M]`` against ``ref: float[M]`` (vectorised over rows)."""
+    i, j = np.triu_indices(ref.size, k=1)
+    a = np.sign(values[:, j] - values[:, i])  # [R, P]
+    b = np.sign(ref[j] - ref[i])  # [P]
+    n_a = (a != 0).sum(axis=1)
+    n_b = int((b != 0).sum())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (a * b).sum(axis=1) / np.sqrt(n_a * n_b)
+
+
+def kendall_tau_b(x, y) -> float:
+    """Kendall's τ_b of two ``float[M]`` vectors (ties counted as in τ_b; NaN when either is constant)."""
+    x, y = np.asarray(x, dtype=np.float64).reshape(1, -1), np.asarray(y, dtype=np.float64).reshape(-1)
+    if x.shape[1] != y.size:
+        raise ValueError(f"x has {x.shape[1]} values but y has {y.size}")
+    return float(_tau_rows(x, y)[0])
+
+
+def rank_agreement(
+    per_seed,
+    published,
+    per_seed_boot=None,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> RankAgreement:
+    """How well the suite's ordering of methods agrees with a published one.
+
+    Args:
+        per_seed: ``{method: {seed: value}}``; only the seeds every compared method has are used.
+        published: ``{method: value}``; the compared methods are those in both mappings (at least 3).
+        per_seed_boot: optional ``{method: {seed: float[B]}}`` landmark-bootstrap replicates (the same test-set
+            resamples for every method); round ``b`` then uses test resample ``b`` (``n_boot`` = B).
+        n_boot, seed: bootstrap rounds (without ``per_seed_boot``) and the generator's seed.
+
+    Each round draws the seeds with replacement (jointly for every method: seed k is one replicate of the
+    whole pipeline), averages each method over them and computes τ_b against ``published``.
+    """
+    names = sorted(set(per_seed) & set(published))
+    if len(names) < 3:
+        raise ValueError(f"need at least 3 methods in both rankings, got {len(names)}")
+    seeds = sorted(set.intersection(*(set(per_seed[n]) for n in names)))
+    if not seeds:
+        raise ValueError("the methods share no seed")
+    values = np.array([[per_seed[n][s] for s in seeds] for n in names], dtype=np.float64)  # [M, S]
+    ref = np.array([published[n] for n in names], dtype=np.float64)
+    tau = kendall_tau_b(values.mean(axis=1), ref)
+
+    boots = None
+    if per_seed_boot is not None and all(
+        per_seed_boot.get(n, {}).get(s) is not None for n in names for s in seeds
+    ):
+        boots = np.array([[per_seed_boot[n][s] for s in seeds] for n in names], dtype=np.float64)  # [M, S, B]
+        n_boot = boots.shape[2]
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, len(seeds), size=(n_boot, len(seeds)))  # [B, S]
+    if boots is None:
+        rounds = values[:, pick].mean(axis=2).T  # [B, M]
+    else:
+        rounds = np.stack([boots[:, pick[b], b].mean(axis=1) for b in range(n_boot)])  # [B, M]
+    taus = _tau_rows(rounds, ref)
+    taus = taus[~np.isnan(taus)]
+    alpha = (1 - level) / 2
+    low, high = (float(np.quantile(taus, q)) for q in (alpha, 1 - alpha)) if taus.size else (_NAN, _NAN)
+
+    from itertools import permutations
+
+    perms = np.array(list(permutations(range(len(names)))), dtype=np.int64)  # [M!, M]
+    null = _tau_rows(ref[perms], values.mean(axis=1))
+    p = float(np.mean(null >= tau - 1e-12)) if math.isfinite(tau) else _NAN
+    return RankAgreement(
+        tau=tau,
+        low=low,
+        high=high,
+        p=p,
+        p_positive=float(np.mean(taus > 0)) if taus.size else _NAN,
+        n_methods=len(names),
+        n_seeds=len(seeds),
+        n_boot=int(n_boot),
+        with_test=boots is not None,
+    )

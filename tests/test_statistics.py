@@ -335,3 +335,56 @@ def test_min_detectable_difference():
     assert min_detectable_difference(1.0, 5) == pytest.approx(1.662476, abs=1e-5)
     assert min_detectable_difference(0.02, 5) == pytest.approx(0.02 * 1.662476, rel=1e-5)
     assert math.isnan(min_detectable_difference(1.0, 1))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# rank agreement with a published ordering
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_kendall_tau_b_matches_scipy_with_and_without_ties() -> None:
+    from scipy import stats as sps
+
+    from bctbench.statistics import kendall_tau_b
+
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        x = rng.integers(0, 4, 7).astype(float)  # ties
+        y = rng.normal(size=7)
+        assert kendall_tau_b(x, y) == pytest.approx(sps.kendalltau(x, y).statistic, abs=1e-12)
+
+
+def test_rank_agreement_exact_p_and_intervals() -> None:
+    from bctbench.statistics import rank_agreement
+
+    published = {"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0, "e": 5.0}
+    clear = {m: {s: v + 0.01 * s for s in range(5)} for m, v in published.items()}
+    agree = rank_agreement(clear, published)
+    assert (agree.tau, agree.low, agree.high, agree.p_positive) == (1.0, 1.0, 1.0, 1.0)
+    assert agree.p == pytest.approx(1 / 120)  # only the identity ordering reaches τ = 1 among 5! orderings
+    assert (agree.n_methods, agree.n_seeds, agree.with_test) == (5, 5, False)
+    reverse = rank_agreement(clear, {m: -v for m, v in published.items()})
+    assert reverse.tau == -1.0 and reverse.p == 1.0
+    # noisy seeds: the interval widens and holds the point estimate
+    rng = np.random.default_rng(0)
+    noisy = {m: {s: v + rng.normal(0, 2.0) for s in range(3)} for m, v in published.items()}
+    wide = rank_agreement(noisy, published)
+    assert wide.low < wide.tau <= wide.high and wide.high - wide.low > 0.5
+    # seeds the methods do not all have are left out; methods missing from either side too
+    partial = {**clear, "a": {0: 1.0, 1: 1.0}, "zz": {0: 9.0}}
+    assert rank_agreement(partial, published).n_seeds == 2
+    with pytest.raises(ValueError, match="at least 3 methods"):
+        rank_agreement({"a": {0: 1.0}, "b": {0: 2.0}}, published)
+
+
+def test_rank_agreement_with_test_set_replicates_uses_them_round_by_round() -> None:
+    from bctbench.statistics import rank_agreement
+
+    published = {"a": 1.0, "b": 2.0, "c": 3.0}
+    per_seed = {m: {0: v, 1: v} for m, v in published.items()}
+    # every test resample swaps a and c: τ over the rounds is -1/3 wherever seeds are drawn
+    boot = {"a": {0: np.full(40, 3.0), 1: np.full(40, 3.0)}, "b": {0: np.full(40, 2.0), 1: np.full(40, 2.0)}}
+    boot["c"] = {0: np.full(40, 1.0), 1: np.full(40, 1.0)}
+    res = rank_agreement(per_seed, published, boot)
+    assert res.with_test and res.n_boot == 40 and res.tau == 1.0
+    assert res.low == res.high == -1.0

@@ -108,6 +108,11 @@ def legend(lb: pd.DataFrame) -> list[str]:
         "tier: rows ranked by P_1; tier 1 = not significantly below the best (paired tests, Holm–Bonferroni), "
         "then the same on the rest. Bold only for a row significantly better than every other.",
     ]
+    if any(str(c).startswith("NFR ") for c in lb.columns):
+        lines.append(
+            "NFR: negative flip rate of the cross-test, the share of queries whose top-1 result is right under "
+            "old→old and wrong under new→old (seeds only; lower is better)."
+        )
     mdd = lb.attrs.get("mdd") or {}
     if mdd:
         lines.append(

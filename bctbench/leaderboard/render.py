@@ -11,6 +11,7 @@ from bctbench.comparability import gate
 from bctbench.errors import BCTBenchError, ConfigError
 from bctbench.leaderboard.formats import _RENDERERS
 from bctbench.leaderboard.plots import plot_leaderboard
+from bctbench.leaderboard.readings import readings_markdown, spec_or_none
 from bctbench.leaderboard.sequential import _SEQ_RENDERERS, is_sequential, sequential_leaderboard
 from bctbench.leaderboard.table import leaderboard, results_frame
 from bctbench.results import read_results
@@ -111,6 +112,9 @@ def _build(results_root, benchmark, fmt, plots_dir, curve_methods, reference_roo
         raise BCTBenchError(f"no readable results for benchmark '{benchmark}'")
     lb = leaderboard(board.entries, apart=board.apart, code_versions=board.code_versions)
     text = renderer(lb)
+    if fmt in ("md", "markdown"):
+        extra = readings_markdown(lb, results, spec_or_none(benchmark))
+        text += f"\n{extra}" if extra else ""
     figures = (
         plot_leaderboard(df, plots_dir, lb, curve_methods=curve_methods) if plots_dir is not None else []
     )

@@ -39,6 +39,9 @@ REFERENCE = "old→old"
 
 PARAGON = "independent"
 
+#: columns of a preset row: its P_1 minus its method's default P_1, paired over their common seeds
+VS_DEFAULT = "ΔP_1 vs default"
+
 
 CROSS = ("new", "old")
 
@@ -290,11 +293,15 @@ def leaderboard(
     mean over seeds with a 95 % CI (:func:`bctbench.statistics.combined_interval`: seed-to-seed t part and a
     landmark bootstrap of the test-set error, ``n_boot`` rounds shared by every run); companions ``lo``,
     ``hi``, ``n``, ``seed_sd`` and ``test_se``. ``<es> cross>old`` / ``<es> self>old``: ✓ / ≈ / ✗ from a paired
-    test against the same seed's old→old. ``P_up``, ``P_comp``, ``P_1`` per seed against that seed's
+    test against the same seed's old→old. ``NFR <es> <protocol> top-1``: negative flip rate of the cross-test
+    against old→old (seeds-only t interval). ``P_up``, ``P_comp``, ``P_1`` per seed against that seed's
     old→old and φ* (bootstrapped the same way). ``tier``: groups by paired tests on P_1 with Holm correction
     (1 = not significantly below the best); ``best``: True only for a significantly best row. Backfilling AUC
     columns (mean with a seeds-only t interval). ``attrs``: ``benchmark``, ``eval_sets``, ``apart``, ``code_versions``,
-    ``mdd`` (minimal detectable P_1 difference), ``n_boot``.
+    ``mdd`` (minimal detectable P_1 difference), ``n_boot``, ``p1_per_seed`` (``{row key: {seed: P_1}}``),
+    ``p1_boot_per_seed`` (``{row key: {seed: float[B] or None}}``, the landmark-bootstrap replicates).
+    A row of a method with a preset or other hyperparameters also gets ``ΔP_1 vs default`` (``low``, ``high``,
+    ``seeds``, ``verdict``; ``default row``): the paired P_1 difference to the method's default row.
     """
     entries = _as_entries(items)
     results = [e.result for e in entries]
@@ -402,7 +409,29 @@ def leaderboard(
                     _interval_fields(_auc_column(auc_spec, mode), combined_interval(values, level=LEVEL))
                 )
             r["backfill"] = _monotone_summary(members, auc_spec)
+        for spec in eval_sets:
+            values = _nfr_per_seed(members, spec)
+            if values:
+                r.update(_interval_fields(nfr_column(spec), combined_interval(values, level=LEVEL)))
         rows.append(r)
+
+    # a preset / other-hyperparameter row against its method's default row (same origin): paired P_1 difference
+    keys = {r["key"] for r in rows}
+    for r in rows[1:]:
+        base = _default_row(r, keys)
+        if base is not None:
+            cmp = _paired(p_all[r["key"]]["P_1"], p_all[base]["P_1"])
+            if cmp is not None:
+                r.update(
+                    {
+                        VS_DEFAULT: cmp.mean,
+                        f"{VS_DEFAULT} low": cmp.low,
+                        f"{VS_DEFAULT} high": cmp.high,
+                        f"{VS_DEFAULT} seeds": cmp.n,
+                        f"{VS_DEFAULT} verdict": cmp.verdict,
+                        "default row": base,
+                    }
+                )
 
     # tiers on P_1 among rows that have it
     ranked = [r for r in rows[1:] if math.isfinite(r.get("P_1", math.nan))]
@@ -442,9 +471,20 @@ def leaderboard(
             "code_versions": list(code_versions),
             "mdd": mdd,
             "n_boot": n_boot if boot.weights else 0,
+            "p1_per_seed": {row: dict(p_all[row]["P_1"].value) for row in groups},
+            "p1_boot_per_seed": {row: dict(p_all[row]["P_1"].boot) for row in groups},
         }
     )
     return lb
+
+
+def _default_row(r: Mapping[str, Any], keys: set[str]) -> str | None:
+    """Key of the default-hyperparameter row of ``r``'s method on the same origin, when ``r`` is another one."""
+    if r.get("role") != "method":
+        return None
+    yours = " (yours)" if r["key"].endswith(" (yours)") else ""
+    base = f"{r['name']}{yours}"
+    return base if base != r["key"] and base in keys else None
 
 
 def _display(label: str, role: str, origin: str) -> str:
@@ -496,6 +536,32 @@ def _auc_per_seed(members: Sequence[Entry], spec: tuple[str, str, str]) -> dict[
         if values or mode == AUC_MODE:
             out[mode] = values
     return out
+
+
+def nfr_column(spec: tuple[str, str, str]) -> str:
+    return f"NFR {spec[0]} {spec[1]} top-1"
+
+
+def _nfr_per_seed(members: Sequence[Entry], spec: tuple[str, str, str]) -> list[float]:
+    """Each seed's negative flip rate of the cross-test: the share of queries whose top-1 is right under
+    old→old and wrong under new→old (the backfilling curve's NFR at fraction 0; mean over order seeds)."""
+    es, p, met = spec
+    values = []
+    for e in members:
+        flips = []
+        for c in e.result.curves.get("backfill", []) or []:
+            if (c["eval_set"], c["protocol"], c["metric"], c["mode"]) != (es, p, met, AUC_MODE):
+                continue
+            nfr = c.get("nfr") or []
+            at0 = [
+                float(v)
+                for f, v in zip(c["fractions"], nfr, strict=False)
+                if float(f) == 0.0 and v is not None
+            ]
+            flips += [v for v in at0 if math.isfinite(v)]
+        if flips:
+            values.append(float(np.mean(flips)))
+    return values
 
 
 def _curve_auc(curve: Mapping[str, Any]) -> float:

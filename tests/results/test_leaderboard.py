@@ -260,3 +260,27 @@ def test_backfill_column_counts_monotone_curves(results: list[RunResult]) -> Non
     curve = next(c for c in bct1.curves["backfill"] if c["order"] == "random" and c["order_seed"] == 0)
     curve["values"][2] = 0.0
     assert leaderboard(dip).set_index("key").loc["bct", "backfill"] == "mixed: monotone 5/6"
+
+
+def test_nfr_column_is_the_seed_mean_of_the_cross_test_flip_rate(results: list[RunResult]) -> None:
+    """The cross-test's negative flip rate: each seed's NFR at backfill fraction 0 (mixed mode, mean over
+    order seeds), averaged over seeds; absent when the results carry no NFR."""
+    assert not any(c.startswith("NFR ") for c in leaderboard(results).columns)
+    flipped = [RunResult.from_dict(r.to_dict()) for r in results]
+    want: dict[str, list[float]] = {}
+    for r in flipped:
+        per_seed = []
+        for c in r.curves["backfill"]:
+            nfr = [0.5] * len(c["fractions"])
+            nfr[0] = 0.01 * (r.seed + 1) + (0.02 if c.get("order_seed") == 1 else 0.0)
+            c["nfr"] = nfr
+            if c["mode"] == "mixed":
+                per_seed.append(nfr[0])
+        if per_seed:
+            want.setdefault(r.label, []).append(float(np.mean(per_seed)))
+    lb = leaderboard(flipped).set_index("key")
+    col = "NFR rsynth medium top-1"
+    for label, values in want.items():
+        assert lb.loc[label, col] == pytest.approx(np.mean(values))
+        assert lb.loc[label, f"{col} n"] == len(values)
+    assert "NFR: negative flip rate" in to_markdown(lb.reset_index())
