@@ -241,7 +241,10 @@ def test_headline_backfill_curves_use_each_methods_own_mode(results, lb, tmp_pat
 def test_render(results_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "lb.md"
     text = render(None, BENCH, fmt="md", out=out, plots_dir=tmp_path / "p", reference_root=results_root)
-    assert out.read_text() == text == GOLDEN.read_text(encoding="utf-8")
+    golden = GOLDEN.read_text(encoding="utf-8")
+    assert out.read_text() == text and text.startswith(golden)
+    readings = text[len(golden) :]  # the board, then the readings (no preset rows, no spec: compute only)
+    assert readings.startswith("\n### Compute\n") and "### Presets" not in readings
     assert sorted(p.stem for p in (tmp_path / "p").glob("*.png")) == FIGURES
     assert sorted(p.stem for p in (tmp_path / "p").glob("*.pdf")) == FIGURES
     assert render(results_root, BENCH, fmt="csv").startswith("method,key,name,origin,role,flags,seeds,")
