@@ -21,9 +21,9 @@ import netrc
 import os
 import re
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from bctbench.errors import describe
@@ -31,6 +31,7 @@ from bctbench.results import RunResult, metric_key
 
 PROJECT = "bctbench"
 INIT_TIMEOUT_S = 20.0
+T = TypeVar("T")
 DEFAULT_HOST = "api.wandb.ai"
 _MODES = {
     "online": "online",
@@ -130,6 +131,47 @@ def _warn(what: str, exc: BaseException) -> None:
     warnings.warn(f"W&B {what} failed ({describe(exc)}); continuing without it", UserWarning, stacklevel=3)
 
 
+def _with_run(
+    what: str,
+    save_dir: str | os.PathLike,
+    init: Mapping[str, Any],
+    body: Callable[[Any, Any], T],
+    *,
+    reuse_active: bool = False,
+) -> T | None:
+    """Run ``body(wandb, run)`` in a W&B run and finish the run in every case; return what ``body`` returns, or
+    None with a warning naming ``what`` when anything fails (W&B must never fail a run or a command).
+
+    ``init``: keyword arguments of ``wandb.init`` besides project, folder (``<save_dir>/wandb/``), mode and
+    settings. ``reuse_active``: log into ``wandb.run`` when one is active (e.g. the training logger's)."""
+    run = None
+    try:
+        import wandb
+
+        run = wandb.run if reuse_active else None
+        if run is None:
+            Path(save_dir).mkdir(parents=True, exist_ok=True)
+            run = wandb.init(
+                project=PROJECT,
+                dir=os.fspath(save_dir),
+                mode=wandb_mode(),
+                settings=_settings(wandb, init_timeout=INIT_TIMEOUT_S, console="off"),
+                **init,
+            )
+        out = body(wandb, run)
+    except Exception as exc:  # noqa: BLE001 - W&B must never fail a run
+        _warn(what, exc)
+        out = None
+    finally:
+        if run is not None:
+            try:
+                run.finish()
+            except Exception as exc:  # noqa: BLE001
+                _warn("finish", exc)
+                out = None
+    return out
+
+
 def make_wandb_logger(
     method: str,
     benchmark: str,
@@ -214,40 +256,24 @@ def log_old_model(
     marker = Path(save_dir) / "old-models" / f"{mode}-{_artifact_safe(benchmark)}-seed{int(seed)}-{identity}"
     if marker.exists():
         return None
-    run = None
-    run_id = None
-    try:
-        import wandb
 
-        Path(save_dir).mkdir(parents=True, exist_ok=True)
-        run = wandb.init(
-            project=PROJECT,
-            name=run_name("old-model", seed),
-            group=benchmark,
-            tags=["old-model", benchmark],
-            job_type="old-model",
-            dir=os.fspath(save_dir),
-            mode=mode,
-            config={"benchmark": benchmark, "seed": int(seed), "identity": identity},
-            settings=_settings(wandb, init_timeout=INIT_TIMEOUT_S, console="off"),
-        )
-        run_id = str(run.id)
+    def body(wandb: Any, run: Any) -> str:
         alias = identity.split(":")[-1][:12]
         run.log_artifact(
             _old_model_artifact(wandb, benchmark, seed, path, identity), aliases=["latest", alias]
         )
         marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(run_id + "\n")
-    except Exception as exc:  # noqa: BLE001 - W&B must never fail a run
-        _warn("old-model upload", exc)
-        run_id = None
-    finally:
-        if run is not None:
-            try:
-                run.finish()
-            except Exception as exc:  # noqa: BLE001
-                _warn("finish", exc)
-    return run_id
+        marker.write_text(str(run.id) + "\n")
+        return str(run.id)
+
+    init = {
+        "name": run_name("old-model", seed),
+        "group": benchmark,
+        "tags": ["old-model", benchmark],
+        "job_type": "old-model",
+        "config": {"benchmark": benchmark, "seed": int(seed), "identity": identity},
+    }
+    return _with_run("old-model upload", save_dir, init, body)
 
 
 def finish_logger(logger: Any) -> None:
@@ -357,46 +383,17 @@ def log_run_result(
     ``leaderboard`` and each PNG in ``plots`` as ``wandb.Image`` ``plots/<stem>``. Any exception gives a
     warning and None; the run is finished in every case.
     """
-    mode = wandb_mode()
-    if mode == "disabled":
+    if wandb_mode() == "disabled":
         return None
-    run = None
     label = result.label
-    try:
-        import wandb
 
-        run = wandb.run
-        if run is None:
-            Path(save_dir).mkdir(parents=True, exist_ok=True)
-            run = wandb.init(
-                project=PROJECT,
-                name=run_name(label, result.seed),
-                group=result.benchmark,
-                tags=[result.method, result.benchmark, digest_tag(result.hparams_digest)],
-                job_type=result.method,
-                dir=os.fspath(save_dir),
-                mode=mode,
-                config={
-                    "benchmark": result.benchmark,
-                    "benchmark_sha256": result.benchmark_sha256,
-                    "method": result.method,
-                    "seed": result.seed,
-                    "method_hparams": result.method_hparams,
-                    "hparams_digest": result.hparams_digest,
-                    "old_identity": result.old_identity,
-                    "flags": list(result.flags),
-                },
-                settings=_settings(wandb, init_timeout=INIT_TIMEOUT_S, console="off"),
-            )
-        run_id = str(run.id)
-
+    def body(wandb: Any, run: Any) -> str:
         for key, value in summary_from_result(result).items():
             run.summary[key] = value
         for key, value in (board or {}).items():
             run.summary[f"board/{key}"] = _plain(value)
-        if result.timings:
-            for key, value in result.timings.items():
-                run.summary[f"time/{key}"] = float(value)
+        for key, value in (result.timings or {}).items():
+            run.summary[f"time/{key}"] = float(value)
 
         cols = ["eval_set", "protocol", "query_model", "gallery_model", "metric", "value", "key"]
         rows = [[*(row[c] for c in cols[:-1]), metric_key(row)] for row in result.metrics]
@@ -427,17 +424,25 @@ def log_run_result(
             model = wandb.Artifact(name=_artifact_safe(f"model-{stem}"), type="model", metadata=meta)
             model.add_file(os.fspath(checkpoint), name=Path(checkpoint).name)
             run.log_artifact(model)
-    except Exception as exc:  # noqa: BLE001 - W&B must never fail a run
-        _warn("result upload", exc)
-        run_id = None
-    finally:
-        if run is not None:
-            try:
-                run.finish()
-            except Exception as exc:  # noqa: BLE001
-                _warn("finish", exc)
-                run_id = None
-    return run_id
+        return str(run.id)
+
+    init = {
+        "name": run_name(label, result.seed),
+        "group": result.benchmark,
+        "tags": [result.method, result.benchmark, digest_tag(result.hparams_digest)],
+        "job_type": result.method,
+        "config": {
+            "benchmark": result.benchmark,
+            "benchmark_sha256": result.benchmark_sha256,
+            "method": result.method,
+            "seed": result.seed,
+            "method_hparams": result.method_hparams,
+            "hparams_digest": result.hparams_digest,
+            "old_identity": result.old_identity,
+            "flags": list(result.flags),
+        },
+    }
+    return _with_run("result upload", save_dir, init, body, reuse_active=True)
 
 
 def publish_leaderboard(
@@ -456,29 +461,13 @@ def publish_leaderboard(
 
     Returns ``(run id, local run folder)``; offline, the folder holds what ``wandb sync <folder>`` uploads.
     ``(None, None)`` when disabled or failed (with a warning)."""
-    mode = wandb_mode()
-    if mode == "disabled":
+    if wandb_mode() == "disabled":
         return None, None
-    run = None
-    out: tuple[str | None, Path | None] = (None, None)
-    try:
-        import wandb
 
-        Path(save_dir).mkdir(parents=True, exist_ok=True)
-        run = wandb.init(
-            project=PROJECT,
-            name=f"leaderboard/{benchmark}",
-            group=benchmark,
-            tags=["leaderboard", benchmark],
-            job_type="leaderboard",
-            dir=os.fspath(save_dir),
-            mode=mode,
-            config={"benchmark": benchmark, **dict(config or {})},
-            settings=_settings(wandb, init_timeout=INIT_TIMEOUT_S, console="off"),
-        )
-        figures = [Path(f) for f in figures]
+    def body(wandb: Any, run: Any) -> tuple[str, Path | None]:
+        paths = [Path(f) for f in figures]
         payload: dict[str, Any] = {"leaderboard": _table(wandb, table)}
-        for f in figures:
+        for f in paths:
             if f.suffix.lower() == ".png":
                 payload[f"figures/{f.stem}"] = wandb.Image(os.fspath(f))
         run.log(payload)
@@ -486,18 +475,17 @@ def publish_leaderboard(
         if markdown is not None:
             with artifact.new_file("leaderboard.md", mode="w", encoding="utf-8") as fh:
                 fh.write(markdown)
-        for f in figures:
+        for f in paths:
             artifact.add_file(os.fspath(f), name=f"figures/{f.name}")
         run.log_artifact(artifact)
         folder = getattr(getattr(run, "settings", None), "sync_dir", None)
-        out = (str(run.id), Path(folder) if folder else None)
-    except Exception as exc:  # noqa: BLE001 - W&B must never fail a command
-        _warn("leaderboard upload", exc)
-        out = (None, None)
-    finally:
-        if run is not None:
-            try:
-                run.finish()
-            except Exception as exc:  # noqa: BLE001
-                _warn("finish", exc)
-    return out
+        return str(run.id), Path(folder) if folder else None
+
+    init = {
+        "name": f"leaderboard/{benchmark}",
+        "group": benchmark,
+        "tags": ["leaderboard", benchmark],
+        "job_type": "leaderboard",
+        "config": {"benchmark": benchmark, **dict(config or {})},
+    }
+    return _with_run("leaderboard upload", save_dir, init, body) or (None, None)
