@@ -187,7 +187,8 @@ def test_sequential_run_logs_each_generation_and_the_result_to_wandb_offline(
     monkeypatch.setenv("WANDB_SILENT", "true")
     for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(var, str(tmp_path / var.lower()))
-    result = pipeline.run(ctx, "bct", seed=5, runtime=pipeline.Runtime(wandb=True, accelerator="cpu"))
+    runtime = pipeline.Runtime(wandb=True, accelerator="cpu")
+    result = pipeline.run(ctx, "bct", seed=5, runtime=runtime, preset="old_classes")  # a named preset row
     runs = sorted((ctx.results_root.parent / "wandb-runs" / "wandb").glob("offline-run-*"))
     assert len(runs) == STEPS  # g1, g2 training runs and the result run
     for run_dir in runs:
@@ -198,8 +199,9 @@ def test_sequential_run_logs_each_generation_and_the_result_to_wandb_offline(
         for r in _records(next(run_dir.glob("*.wandb")))
         if r.WhichOneof("record_type") == "run"
     }  # run folders are named by start second and a random id: no reliable order
-    assert sorted(by_name) == sorted(["bct/seed5/g1", "bct/seed5/g2", "bct/seed5"])
-    summary = _summary(by_name["bct/seed5"])
+    label = "bct:old_classes"  # every generation's run carries the preset's row name
+    assert sorted(by_name) == sorted([f"{label}/seed5/g1", f"{label}/seed5/g2", f"{label}/seed5"])
+    summary = _summary(by_name[f"{label}/seed5"])
     es, (protocol, metric) = next(iter(result.primary.items()))
     mat = next(
         m for m in result.curves["sequential"]["matrices"] if (m["eval_set"], m["protocol"]) == (es, protocol)

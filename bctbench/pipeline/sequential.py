@@ -38,7 +38,15 @@ from bctbench.pipeline.method_setup import (
     method_hparams_digest,
 )
 from bctbench.pipeline.old_model import ensure_old_model
-from bctbench.pipeline.trainer import _callbacks, _cpu_threads, _fit, _resume_path, _trainer
+from bctbench.pipeline.trainer import (
+    _callbacks,
+    _cpu_threads,
+    _fit,
+    _resume_path,
+    _trainer,
+    training_logger,
+    wandb_dir,
+)
 from bctbench.results import run_label
 
 log = logging.getLogger("bctbench")
@@ -68,6 +76,7 @@ def train_generation(
     step: int,
     old_ref: OldModelRef,
     runtime: Runtime,
+    preset: str | None = None,
 ) -> tuple[OldModelRef, dict[str, Any]]:
     """Train generation ``step`` (>= 1) of a sequential benchmark with method ``cls``, the frozen generation
     ``step - 1`` (``old_ref``) as its old model, on the upgrade ``step - 1 -> step`` of the allocation.
@@ -77,6 +86,7 @@ def train_generation(
     hyperparameters, seed, step, predecessor sha256); a finished generation with the same key is reused.
     Returns the checkpoint reference and the generation's provenance (``old_sha256``, ``old_digest_before`` /
     ``old_digest_after`` of the frozen predecessor, ``new_digest``, ``sha256``, ``hparams``, ``seconds``).
+    ``preset``: the named preset of ``method_kw`` (it names the W&B run, ``method:<preset>``).
     Raises :class:`BCTBenchError` when the frozen predecessor changed during training.
     """
     import lightning.pytorch as pl
@@ -123,23 +133,23 @@ def train_generation(
         "method_hparams": _jsonable({k: v for k, v in model.hparams.items() if k != "setup"}),
     }
     digest = method_hparams_digest(cls, config["method_hparams"])
-    wandb_logger = tracking.make_wandb_logger(
-        cls.name,
-        spec.name,
+    logger = training_logger(
+        ctx,
+        runtime,
+        cls,
         seed,
         config,
-        ctx.results_root.parent / "wandb-runs",
-        enabled=runtime.wandb,
+        gen_dir,
+        label=run_label(cls.name, digest, preset),
+        digest=digest,
         suffix=f"g{step}",
-        label=run_label(cls.name, digest),
-        hparams_digest=digest,
     )
     trainer = _trainer(
         ctx,
         runtime,
         max_epochs=spec.training.epochs,
         default_root_dir=gen_dir,
-        logger=wandb_logger or CSVLogger(str(gen_dir), name="logs"),
+        logger=logger,
         callbacks=_callbacks(gen_dir, with_lr_monitor=True),
     )
     ckpt_path = _resume_path(gen_dir, runtime.resume)
@@ -149,8 +159,8 @@ def train_generation(
     try:
         _fit(trainer, model, dm, ckpt_path)
     finally:
-        if wandb_logger is not None:
-            tracking.finish_logger(wandb_logger)  # one W&B run per generation
+        if not isinstance(logger, CSVLogger):
+            tracking.finish_logger(logger)  # one W&B run per generation
     old_after = module_digest(model.old.model)
     if old_after != old_before:
         raise BCTBenchError(
@@ -220,7 +230,7 @@ def run_sequential(
     for step in range(1, steps):
         t0 = time.time()
         ref, info = train_generation(
-            ctx, cls, method_kw, seed=seed, step=step, old_ref=refs[-1], runtime=runtime
+            ctx, cls, method_kw, seed=seed, step=step, old_ref=refs[-1], runtime=runtime, preset=preset
         )
         refs.append(ref)
         generations.append(info)
@@ -272,5 +282,5 @@ def run_sequential(
     path = write_result(result, ctx.results_root)
     log.info("result written: %s", path)
     if runtime.wandb:
-        tracking.log_run_result(result, path, save_dir=ctx.results_root.parent / "wandb-runs")
+        tracking.log_run_result(result, path, save_dir=wandb_dir(ctx))
     return result

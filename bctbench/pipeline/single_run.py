@@ -54,7 +54,9 @@ from bctbench.pipeline.trainer import (
     _fit,
     _prepare_work,
     _trainer,
+    training_logger,
     training_precision,
+    wandb_dir,
 )
 
 log = logging.getLogger("bctbench")
@@ -183,25 +185,20 @@ def train_method(
     }
     if _primary_process():
         (work / "config.json").write_text(json.dumps(config, indent=2, default=str))
-    wandb_dir = ctx.results_root.parent / "wandb-runs"
     if runtime.wandb and _primary_process() and wandb_job is None:
-        tracking.log_old_model(spec.name, seed, old_ref.path, old_ref.identity, wandb_dir)
-    logger = tracking.make_wandb_logger(
-        cls.name,
-        spec.name,
+        tracking.log_old_model(spec.name, seed, old_ref.path, old_ref.identity, wandb_dir(ctx))
+    logger = training_logger(
+        ctx,
+        runtime,
+        cls,
         seed,
         config,
-        wandb_dir,
-        enabled=runtime.wandb,
+        work,
         label=run_label(cls.name, digest, preset),
-        hparams_digest=digest,
+        digest=digest,
         old_model=(old_ref.path, old_ref.identity),
         job_type=wandb_job,
     )
-    if logger is None:
-        from lightning.pytorch.loggers import CSVLogger
-
-        logger = CSVLogger(str(work), name="logs")
     from bctbench.resume import ResumeState
 
     callbacks = [*_callbacks(work, with_lr_monitor=True), ResumeState(provenance)]
@@ -238,7 +235,7 @@ def train_method(
         work,
         ckpt_path,
         logger,
-        wandb_dir,
+        wandb_dir(ctx),
         eval_sets,
         timings,
     )

@@ -157,6 +157,47 @@ def _commit(work: Path, run_dir: Path) -> None:
     shutil.rmtree(backup, ignore_errors=True)
 
 
+def training_logger(
+    ctx: RunContext,
+    runtime: Runtime,
+    cls: type,
+    seed: int,
+    config: dict[str, Any],
+    log_dir: Path,
+    *,
+    label: str,
+    digest: str,
+    suffix: str = "",
+    old_model: tuple[Path, str] | None = None,
+    job_type: str | None = None,
+) -> Any:
+    """The Lightning logger of one training job: a W&B run (:func:`bctbench.tracking.make_wandb_logger`,
+    files under ``<results root>/../wandb-runs``) or, when W&B is off or fails, a CSV logger in ``log_dir``."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    from bctbench import tracking
+
+    logger = tracking.make_wandb_logger(
+        cls.name,
+        ctx.spec.name,
+        seed,
+        config,
+        wandb_dir(ctx),
+        enabled=runtime.wandb,
+        suffix=suffix,
+        label=label,
+        hparams_digest=digest,
+        old_model=old_model,
+        job_type=job_type,
+    )
+    return logger if logger is not None else CSVLogger(str(log_dir), name="logs")
+
+
+def wandb_dir(ctx: RunContext) -> Path:
+    """Where W&B keeps its run files: ``wandb-runs`` beside the results root."""
+    return ctx.results_root.parent / "wandb-runs"
+
+
 def _callbacks(run_dir: Path, with_lr_monitor: bool) -> list:
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
