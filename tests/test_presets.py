@@ -50,10 +50,9 @@ def test_resolve_variant_and_refusals(tmp_path, monkeypatch):
         presets.resolve(spec, get_method("l2"), "tuned")
 
 
-def test_tuned_file_is_read_and_checked(tmp_path, monkeypatch):
+def _bct_preset(tmp_path, monkeypatch, **fields):
+    """A smoke-benchmark tuned preset file of bct under ``tmp_path`` (``fields`` override the defaults)."""
     monkeypatch.setattr(presets, "presets_dir", lambda: tmp_path)
-    spec = load_benchmark("smoke")
-    bct = get_method("bct")
     path = presets.preset_file("smoke", "bct")
     path.parent.mkdir(parents=True)
     doc = {
@@ -62,10 +61,18 @@ def test_tuned_file_is_read_and_checked(tmp_path, monkeypatch):
         "benchmark": "smoke",
         "chosen": {"weight": 2.0},
         "trials": [{"trial": 0}],
-        "complete": False,
-        "identities": {"benchmark_sha256": spec.sha256},
+        **fields,
     }
     path.write_text(yaml.safe_dump(doc))
+    return path, doc
+
+
+def test_tuned_file_is_read_and_checked(tmp_path, monkeypatch):
+    spec = load_benchmark("smoke")
+    bct = get_method("bct")
+    path, doc = _bct_preset(
+        tmp_path, monkeypatch, complete=False, identities={"benchmark_sha256": spec.sha256}
+    )
     with pytest.raises(ConfigError, match="tuning is not complete \\(1 trials so far\\)"):
         presets.resolve(spec, bct, "tuned")
     path.write_text(yaml.safe_dump(doc | {"complete": True}))
@@ -97,21 +104,10 @@ def test_labels_and_cli_refusal(capsys):
 def test_pinning_more_seeds_keeps_a_tuned_preset_valid_other_changes_do_not(tmp_path, monkeypatch):
     import dataclasses
 
-    monkeypatch.setattr(presets, "presets_dir", lambda: tmp_path)
     spec = load_benchmark("smoke")
     bct = get_method("bct")
-    path = presets.preset_file("smoke", "bct")
-    path.parent.mkdir(parents=True)
-    doc = {
-        "format": presets.FORMAT,
-        "method": "bct",
-        "benchmark": "smoke",
-        "chosen": {"weight": 2.0},
-        "trials": [{"trial": 0}],
-        "complete": True,
-        "identities": {"benchmark_sha256": "0" * 64, "tuning_sha256": spec.tuning_sha256},
-    }
-    path.write_text(yaml.safe_dump(doc))
+    identities = {"benchmark_sha256": "0" * 64, "tuning_sha256": spec.tuning_sha256}
+    _bct_preset(tmp_path, monkeypatch, complete=True, identities=identities)
     tuning_seed = spec.tuning.seed
     more = dataclasses.replace(
         spec,
