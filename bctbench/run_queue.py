@@ -127,8 +127,10 @@ def _gpu_count() -> int:
 
 def default_jobs(runtime, n_jobs: int) -> int:
     """Jobs at a time by default: the number of GPUs when ``runtime`` runs on GPUs, else the number of CPU
-    cores; at most ``n_jobs`` and at least 1."""
-    slots = _gpu_count() if _on_gpu(runtime) else (os.cpu_count() or 1)
+    cores this process may use (:func:`bctbench.pipeline.context.cpu_cores`); at most ``n_jobs`` and at least 1."""
+    from bctbench.pipeline.context import cpu_cores
+
+    slots = _gpu_count() if _on_gpu(runtime) else cpu_cores()
     return max(1, min(slots, n_jobs))
 
 
@@ -543,8 +545,9 @@ def run_queue(
         start = time.time()
         slots = min(jobs, len(todo)) if jobs is not None else default_jobs(runtime, len(todo))
         slots = max(1, slots)
-        cores = os.cpu_count() or 1
-        threads = max(1, cores // slots)
+        from bctbench.pipeline.context import cpu_cores
+
+        threads = max(1, cpu_cores() // slots)
         done = 0
         if todo:
             where = f"{_gpu_count()} GPU(s)" if pin_gpus else f"{threads} thread(s) each"

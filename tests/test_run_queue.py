@@ -82,9 +82,12 @@ def test_bad_jobs_is_a_one_line_error(value, data_root, tmp_path):
 
 def test_check_jobs_and_default_jobs(monkeypatch):
     assert check_jobs(None) is None and check_jobs("auto") is None and check_jobs("3") == 3
-    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))  # the cores this process may use
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
     cpu = pipeline.Runtime(accelerator="cpu")
     assert default_jobs(cpu, 3) == 3 and default_jobs(cpu, 20) == 8 and default_jobs(cpu, 0) == 1
+    monkeypatch.delattr(os, "sched_getaffinity")  # platforms without affinity masks: the core count
+    assert default_jobs(cpu, 100) == 64
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -195,6 +195,15 @@ def isolated_rng():
             np.random.set_state(npy)  # noqa: NPY002
 
 
+def cpu_cores() -> int:
+    """CPU cores this process may run on: its affinity mask (``taskset``, container CPU sets) where the OS has
+    one, else ``os.cpu_count()``; at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def _workers(ctx: RunContext, runtime: Runtime) -> int:
     return ctx.spec.training.num_workers if runtime.num_workers is None else runtime.num_workers
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from bctbench.pipeline.context import RunContext, Runtime, _device, _primary_process, _workers
+from bctbench.pipeline.context import RunContext, Runtime, _device, _primary_process, _workers, cpu_cores
 
 log = logging.getLogger("bctbench")
 
@@ -96,7 +96,7 @@ def _cpu_threads(ctx: RunContext, runtime: Runtime) -> None:
     if _device(runtime) != "cpu" or os.environ.get("OMP_NUM_THREADS"):
         return
     workers = _workers(ctx, runtime)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
+    torch.set_num_threads(max(1, cpu_cores() - workers))
 
 
 def _resume_path(run_dir: Path, resume: bool) -> str | None:

@@ -10,7 +10,10 @@ Run it on an otherwise idle machine (the load average is printed before and afte
 change the ratio).
 
     python benchmarks/perf/queue_speedup.py [--benchmark smoke] [--methods independent bct l2 lce] [--seeds 0]
-        [--jobs 1 2] [--rounds 1] [--data-root DIR --cache-root DIR] [--no-warmup] [--keep]
+        [--jobs 1 2] [--rounds 1] [--data-root DIR --cache-root DIR] [--no-warmup] [--keep] [--one-core-base]
+
+``--one-core-base`` adds a pass of ``--jobs 1`` confined to one core (``sched_setaffinity``): run-all then sees
+one core and runs one job with one thread, the per-core base of "two jobs on two cores".
 """
 
 from __future__ import annotations
@@ -35,13 +38,23 @@ def _load() -> str:
         return "n/a"
 
 
-def _queue(args: argparse.Namespace, jobs: int, results: Path, data: Path, cache: Path) -> float:
-    """Wall seconds of one ``run-all`` pass; raises SystemExit when it fails."""
+def _one_core() -> None:
+    """Child-process hook: confine the pass to the first core this process may use (``taskset -c``)."""
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+
+def _queue(
+    args: argparse.Namespace, jobs: int, results: Path, data: Path, cache: Path, one_core: bool = False
+) -> float:
+    """Wall seconds of one ``run-all`` pass (``one_core``: confined to one core, so run-all sees one core and
+    runs one job with one thread); raises SystemExit when it fails."""
     argv = [sys.executable, "-m", "bctbench.cli", "run-all", "-b", args.benchmark, "--methods", *args.methods]
     argv += ["--seeds", *map(str, args.seeds), "--jobs", str(jobs), "--no-wandb", "--quiet"]
     argv += ["--data-root", str(data), "--cache-root", str(cache), "--results-root", str(results)]
     start = time.perf_counter()
-    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(
+        argv, cwd=REPO, capture_output=True, text=True, preexec_fn=_one_core if one_core else None
+    )
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
@@ -65,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", default=None, help="shared data root (default: a temporary folder)")
     p.add_argument("--cache-root", default=None, help="shared cache root (default: a temporary folder)")
     p.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up pass")
+    p.add_argument(
+        "--one-core-base",
+        action="store_true",
+        help="also time --jobs 1 confined to one core (one job per core: the base of runs per core-hour)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary folders")
     args = p.parse_args(argv)
     if 1 not in args.jobs:
@@ -83,21 +101,26 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_warmup:
             wall = _queue(args, max(args.jobs), work / "results-warmup", data, cache)
             print(f"warm-up pass (--jobs {max(args.jobs)}, untimed): {wall:.1f} s")
-        times: dict[int, list[float]] = {j: [] for j in args.jobs}
+        passes: list[tuple[str, int, bool]] = [(str(j), j, False) for j in args.jobs]
+        if args.one_core_base:
+            passes.insert(0, ("1 on one core", 1, True))
+        times: dict[str, list[float]] = {name: [] for name, _, _ in passes}
         for r in range(args.rounds):
-            order = args.jobs if r % 2 == 0 else list(reversed(args.jobs))
-            for jobs in order:
-                wall = _queue(args, jobs, work / f"results-r{r}-j{jobs}", data, cache)
-                times[jobs].append(wall)
-                print(f"round {r + 1}: --jobs {jobs}: {wall:.1f} s")
+            order = passes if r % 2 == 0 else list(reversed(passes))
+            for name, jobs, one_core in order:
+                results = work / f"results-r{r}-j{name.replace(' ', '-')}"
+                wall = _queue(args, jobs, results, data, cache, one_core)
+                times[name].append(wall)
+                print(f"round {r + 1}: --jobs {name}: {wall:.1f} s")
         print(f"load average after: {_load()}")
         print()
-        print("| --jobs | wall s (best) | runs/hour | × --jobs 1 |")
-        print("|---:|---:|---:|---:|")
-        base = n_runs * 3600 / min(times[1])
-        for jobs in args.jobs:
-            rate = n_runs * 3600 / min(times[jobs])
-            print(f"| {jobs} | {min(times[jobs]):.1f} | {rate:.0f} | {rate / base:.2f} |")
+        rate = {name: n_runs * 3600 / min(t) for name, t in times.items()}
+        bases = ["1", *(["1 on one core"] if args.one_core_base else [])]
+        print("| --jobs | wall s (best) | runs/hour | " + " | ".join(f"× --jobs {b}" for b in bases) + " |")
+        print("|---:|---:|---:|" + "---:|" * len(bases))
+        for name, _, _ in passes:
+            ratios = " | ".join(f"{rate[name] / rate[b]:.2f}" for b in bases)
+            print(f"| {name} | {min(times[name]):.1f} | {rate[name]:.0f} | {ratios} |")
     finally:
         if args.keep:
             print(f"kept {work}")

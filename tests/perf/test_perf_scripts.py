@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 PERF = ROOT / "benchmarks" / "perf"
 
@@ -93,3 +95,19 @@ def test_gpu_check_reports_a_failing_section_and_goes_on():
     assert any(x.startswith("train:independent ") and x.split()[1] == "ok" for x in summary.splitlines())
     assert any(x.startswith("search:torch ") and x.split()[1] == "ok" for x in summary.splitlines())
     assert "RESULT gpu_check: FAIL (train:no_such_method)" in text
+
+
+@pytest.mark.slow
+def test_queue_speedup_smoke_with_a_one_core_base(tmp_path):
+    """The queue script end to end on the smoke benchmark: every pass writes its results (the script checks
+    the count) and the table has a ratio against both bases; no timing is asserted."""
+    proc = _run(
+        "queue_speedup.py",
+        "--benchmark", "smoke", "--methods", "independent", "--seeds", "0", "--jobs", "1", "2",
+        "--one-core-base", "--no-warmup",
+        "--data-root", str(tmp_path / "data"), "--cache-root", str(tmp_path / "cache"),
+        timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "| --jobs | wall s (best) | runs/hour | × --jobs 1 | × --jobs 1 on one core |" in proc.stdout
+    assert "| 1 on one core |" in proc.stdout and "| 2 |" in proc.stdout
