@@ -11,7 +11,7 @@ SEEDS  ?= 0 1 2
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv bench bench-all reference tune tune-all smoke leaderboard reevaluate data test test-all lint format clean
+.PHONY: help venv bench bench-all reference reference-plan tune tune-all smoke leaderboard reevaluate data test test-all lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ bench-all: $(STAMP) ## every registered method x SEEDS on BENCH, JOBS at a time 
 
 reference: $(STAMP) ## maintainers: every method x SEEDS into results/reference (clean tree only; ARGS=--force redoes existing ones)
 	$(BIN)/bctbench run-all --reference --benchmark $(BENCH) --seeds $(SEEDS) $(ARGS)
+
+reference-plan: $(STAMP) ## maintainers: every run of the reference boards (clean tree only; resumable; ARGS=--list prints the steps)
+	PYTHON=$(BIN)/python benchmarks/reference_plan.sh $(ARGS)
 
 tune: $(STAMP) ## tune METHOD on BENCH's validation sets (writes benchmarks/presets/BENCH/METHOD.yaml; resumable)
 	$(BIN)/bctbench tune --benchmark $(BENCH) --method $(METHOD) $(ARGS)
