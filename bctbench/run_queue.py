@@ -134,6 +134,22 @@ def default_jobs(runtime, n_jobs: int) -> int:
     return max(1, min(slots, n_jobs))
 
 
+def cpu_job_resources(cores: int, slots: int, workers: int, workers_given: bool) -> tuple[int, int]:
+    """``(torch threads, loader workers)`` of each of ``slots`` CPU jobs sharing ``cores`` cores, where a job
+    would use ``workers`` loader workers (``workers_given``: the user chose them with ``--num-workers``).
+
+    When every core already trains a job (several jobs, or one core) the job loads its data in-process
+    (workers 0) unless the user chose otherwise: worker processes only contend with the training threads (two
+    synth jobs, one worker each: fit 68-73 s per run; without workers 50-61 s). In-process loading gives the
+    same batches (order and augmentation come from seed, epoch and index). A job with cores to spare keeps its
+    workers and gives its training threads the cores they leave (threads and a worker on one core slow every
+    step)."""
+    per_job = max(1, cores // max(1, slots))
+    if not workers_given and (slots > 1 or per_job == 1):
+        return per_job, 0
+    return max(1, per_job - workers), workers
+
+
 def _runtime_options(overrides: list[str] | None) -> dict[str, Any]:
     """The runtime keys of the ``--set`` options (checked); ``seed`` is refused (``--seeds`` says it)."""
     from bctbench.config import RUNTIME_KEYS, check_runtime_option, parse_set_options
@@ -545,23 +561,23 @@ def run_queue(
         start = time.time()
         slots = min(jobs, len(todo)) if jobs is not None else default_jobs(runtime, len(todo))
         slots = max(1, slots)
-        from bctbench.pipeline.context import cpu_cores
+        from bctbench.pipeline.context import _workers, cpu_cores
 
         threads = max(1, cpu_cores() // slots)
         done = 0
         if todo:
+            job_runtime = base_runtime
+            if not on_gpu:
+                given = base_runtime.num_workers is not None
+                threads, workers = cpu_job_resources(cpu_cores(), slots, _workers(ctx, base_runtime), given)
+                if not given:  # the job's loader workers, explicit on its command line
+                    job_runtime = dataclasses.replace(base_runtime, num_workers=workers)
             where = f"{_gpu_count()} GPU(s)" if pin_gpus else f"{threads} thread(s) each"
             say(f"run-all {ctx.spec.name}: {len(todo)} job(s) to run, {slots} at a time ({where})")
             say(f"logs: {queue_dir}")
             # the jobs' shared caches, with their thread count (a CPU job computes with `threads` threads)
             with _quiet_logs():
                 _warm_caches(ctx, runtime, todo, refs, eval_sets, None if on_gpu else threads)
-            job_runtime = base_runtime
-            if not on_gpu and slots > 1 and base_runtime.num_workers is None:
-                # every core already trains a job: loader worker processes only contend with them (two synth
-                # jobs, one worker each: fit 68-73 s per run in one pass; without workers 50-61 s in two).
-                # In-process loading gives the same batches (order and augmentation come from seed, epoch, index)
-                job_runtime = dataclasses.replace(base_runtime, num_workers=0)
             done, failed_now = _execute(
                 ctx, todo, total, slots, threads, pin_gpus, job_runtime, overrides, benchmark, say
             )

@@ -96,6 +96,18 @@ def test_check_jobs_and_default_jobs(monkeypatch):
     assert default_jobs(pipeline.Runtime(accelerator="auto"), 2) == 2
 
 
+def test_cpu_jobs_share_the_cores_without_oversubscribing_them():
+    from bctbench.run_queue import cpu_job_resources
+
+    assert cpu_job_resources(2, 2, 1, False) == (1, 0)  # every core trains a job: in-process loading
+    assert cpu_job_resources(1, 1, 1, False) == (1, 0)  # one core: the same
+    assert cpu_job_resources(2, 1, 1, False) == (1, 1)  # a lone job: the worker gets the second core
+    assert cpu_job_resources(16, 2, 2, False) == (8, 0)
+    assert cpu_job_resources(16, 1, 2, False) == (14, 2)
+    assert cpu_job_resources(2, 2, 1, True) == (1, 1)  # the user's --num-workers is kept
+    assert cpu_job_resources(8, 2, 3, True) == (1, 3)
+
+
 def test_job_command_forwards_roots_and_options(tmp_path):
     ctx = pipeline.RunContext.create("smoke", tmp_path / "d", tmp_path / "c", tmp_path / "r")
     runtime = pipeline.Runtime(accelerator="cpu", num_workers=1, wandb=False)
