@@ -190,8 +190,7 @@ class BenchmarkSpec:
 
     @property
     def sha256(self) -> str:
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return _canonical_sha256(self.to_dict())
 
     def tuning_dict(self) -> dict[str, Any]:
         """What a tuned preset depends on: the spec without its list of seeds and without the pins of seeds
@@ -205,8 +204,12 @@ class BenchmarkSpec:
     @property
     def tuning_sha256(self) -> str:
         """sha256 of :meth:`tuning_dict` (recorded by ``bctbench tune``, checked by ``--preset tuned``)."""
-        canonical = json.dumps(self.tuning_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return _canonical_sha256(self.tuning_dict())
+
+
+def _canonical_sha256(d: dict[str, Any]) -> str:
+    """sha256 of ``d`` as canonical JSON (sorted keys, no spaces): the digest every spec identity uses."""
+    return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 #: (section, key) pairs added to the spec format later; omitted from :meth:`BenchmarkSpec.to_dict` when unset

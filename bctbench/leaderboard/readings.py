@@ -12,16 +12,13 @@ from typing import Any
 
 import pandas as pd
 
+from bctbench.leaderboard.formats import _finite
 from bctbench.leaderboard.table import VS_DEFAULT
 from bctbench.published import ADVBCT_P1, ADVBCT_ROWS, advbct_block
 from bctbench.results import RunResult
 from bctbench.statistics import RankAgreement, rank_agreement
 
 __all__ = ["compute_cost", "paper_agreement", "preset_changes", "readings_markdown", "spec_or_none"]
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(float(x))
 
 
 def _tier(x: Any) -> str:
