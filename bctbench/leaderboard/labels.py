@@ -62,7 +62,8 @@ def place_labels(
     ``segments``: ``float[S, 4]`` error-bar segments in data coordinates (x0, y0, x1, y1), avoided where
     possible; ``marker_pt``: marker size (points) kept clear around every point; ``pad_pt``: gap (points)
     kept around every label. Returns the text artists (``gid`` :data:`LABEL_GID`) in input order; a label
-    that fits nowhere inside the axes goes where it overlaps fewest labels and markers.
+    with no free place goes where it overlaps fewest labels and markers while staying inside the axes (it
+    leaves them only when no candidate fits inside at all).
     """
     from matplotlib.transforms import offset_copy
 
@@ -107,8 +108,8 @@ def place_labels(
         cost = rr + 4 * px * _crossings(boxes, segs)  # a crossed error bar costs like 4 pt more distance
         if clear.any():
             c = int(np.argmin(np.where(clear, cost, np.inf)))
-        else:  # nowhere free: the least overlapped candidate
-            bad = _overlap(boxes, placed).astype(int) + _overlap(boxes, markers) + ~inside
+        else:  # nowhere free: the least overlapped candidate inside the axes (outside only if none fits)
+            bad = _overlap(boxes, placed).astype(int) + _overlap(boxes, markers) + 4 * ~inside
             c = int(np.lexsort((cost, bad))[0])
         placed = np.vstack([placed, boxes[c]])
         offset_pt = (centre[c] - pts[i]) / px

@@ -95,14 +95,20 @@ def _metric_label(metric: str) -> str:
 
 
 # ---------------------------------------------------------------------- P_up vs P_comp
+_SCATTER_SINGLE_MAX = 12
+"""Most labelled points a single-column P-scatter holds legibly; more get a double-column figure."""
+
+
 def p_scatter(lb: pd.DataFrame, benchmark: str, eval_sets: Sequence[str]) -> Any:
     """P_up (y) against P_comp (x), one marker per row with 95 % CI bars in both directions, direct labels
-    placed without overlap, dotted parity lines at 50 (0–100 scores). Single column, 3.3 × 3.6 in."""
+    placed without overlap, dotted parity lines at 50 (0–100 scores). Single column, 3.3 × 3.6 in; double
+    column, 7.0 × 5.0 in, above :data:`_SCATTER_SINGLE_MAX` points (labels need the room)."""
     from matplotlib.lines import Line2D
 
-    fig = _figure(SINGLE_COLUMN_IN, 3.6)
-    ax = fig.add_subplot()
     pts = lb[(lb["role"] != "reference") & lb["P_up"].notna() & lb["P_comp"].notna()] if len(lb) else lb
+    wide = len(pts) > _SCATTER_SINGLE_MAX
+    fig = _figure(DOUBLE_COLUMN_IN, 5.0) if wide else _figure(SINGLE_COLUMN_IN, 3.6)
+    ax = fig.add_subplot()
     xy = pts[["P_comp", "P_up"]].to_numpy(dtype=float).reshape(-1, 2)  # [N, 2] (P_comp, P_up), 0–100
     xe = np.array([_half(r, "P_comp") for _, r in pts.iterrows()])
     ye = np.array([_half(r, "P_up") for _, r in pts.iterrows()])
@@ -280,11 +286,18 @@ def _draw_curve(
 
 
 def _curve_figure(
-    width: float, height: float, title: str, metric: str, ref: pd.Series, draw: Any, loc: str
+    width: float,
+    height: float,
+    title: str,
+    metric: str,
+    ref: pd.Series,
+    draw: Any,
+    loc: str,
+    ncols: int = 1,
 ) -> Any:
     """A backfilling figure: ``draw(ax)`` returns the curves as ``[(line, last mean, seeds)]``; adds the
-    old→old line, axes in %, the title and a legend ``loc`` ``"right"`` or ``"below"`` (curves ordered by
-    their value at 100 %, then old→old and what the bands are)."""
+    old→old line, axes in %, the title and a legend ``loc`` ``"right"`` or ``"below"`` (``ncols`` columns;
+    curves ordered by their value at 100 %, then old→old and what the bands are)."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -307,15 +320,21 @@ def _curve_figure(
             handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, frameon=False
         )
     else:
-        fig.legend(handles=handles, loc="outside lower center", frameon=False)
+        fig.legend(handles=handles, loc="outside lower center", ncols=ncols, frameon=False)
     return fig
+
+
+_LEGEND_RIGHT_MAX = 14
+"""Most curves a right-hand legend beside a 3.4 in high axes holds; more go below in columns."""
 
 
 def curves_all(
     curves: pd.DataFrame, ref: pd.Series, title: str, metric: str, spec: Sequence[tuple[str, str, str]]
 ) -> Any:
     """Random-order backfilling curves of several methods: double column (7 × 3.4 in) with the legend on the
-    right, or single column (3.3 × 3.6 in) with the legend below for up to four curves.
+    right, or single column (3.3 × 3.6 in) with the legend below for up to four curves; above
+    :data:`_LEGEND_RIGHT_MAX` curves double column with a three-column legend below (the figure grows 0.19 in
+    per legend row).
 
     ``curves``: ``kind == "backfill"`` rows of one eval set at its primary protocol and metric; ``spec``:
     ``[(key, mode, legend label)]``, each method's curve in that mode (merge dashed when modes mix)."""
@@ -338,6 +357,9 @@ def curves_all(
 
     if len(spec) <= 4:  # a few curves: single column, legend below
         return _curve_figure(SINGLE_COLUMN_IN, 3.6, title, metric, ref, draw, "below")
+    if len(spec) > _LEGEND_RIGHT_MAX:  # the legend would outgrow the axes' height
+        rows = math.ceil((len(spec) + 2) / 3)  # curves + old→old + the band note
+        return _curve_figure(DOUBLE_COLUMN_IN, 3.4 + 0.19 * rows, title, metric, ref, draw, "below", ncols=3)
     return _curve_figure(DOUBLE_COLUMN_IN, 3.4, title, metric, ref, draw, "right")
 
 

@@ -196,6 +196,34 @@ def test_scatter_labels_never_overlap(lb: pd.DataFrame) -> None:
     assert all(frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1 for b in boxes)
 
 
+def test_a_board_sized_scatter_goes_double_column_and_keeps_every_label_inside(lb: pd.DataFrame) -> None:
+    """27 rows as on a reference board, a third of them piled at the left edge: no label may leave the axes
+    (the fallback for a label with no free place once pushed one past the frame)."""
+    from matplotlib.text import Text
+
+    base = lb.set_index("key").loc["bct"]
+    rows = []
+    for i in range(27):
+        r = base.copy()
+        r["key"] = r["method"] = f"{sorted(METHOD_STYLES)[i % 12]}:preset{i}"
+        dx, dy = (0.05 * i, 0.05 * i) if i < 9 else (2.0 * i, 1.5 * (i % 7))
+        for col, d in (("P_comp", dx), ("P_up", dy)):
+            r[[col, f"{col} lo", f"{col} hi"]] += d
+        rows.append(r)
+    board = pd.DataFrame(rows).reset_index(drop=True)
+    board.attrs.update(lb.attrs)
+    fig = p_scatter(board, BENCH, ["rsynth", "gsynth"])
+    assert tuple(fig.get_size_inches()) == (7.0, 5.0)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    labels = [t for t in fig.axes[0].texts if t.get_gid() == LABEL_GID]
+    assert len(labels) == 27
+    frame = fig.axes[0].get_window_extent(renderer)
+    for t in labels:
+        b = Text.get_window_extent(t, renderer)
+        assert frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1, t.get_text()
+
+
 def test_fixture_scatter_labels_sit_next_to_their_points(figures) -> None:
     from matplotlib.text import Text
 
@@ -221,6 +249,35 @@ def test_uncertainty_order_is_shown_beside_its_random_baseline(results, figures)
     per_seed = rand.groupby(["seed", "fraction"])["value"].mean().groupby("fraction").mean() * 100
     np.testing.assert_allclose(lines["bct: random order (baseline)"].get_ydata(), per_seed.to_numpy())
     assert lines["bct: random order (baseline)"].get_color() == lines["bct: uncertainty order"].get_color()
+
+
+def test_many_curves_put_the_legend_below_in_columns_and_nothing_collapses(results) -> None:
+    """A reference board draws ~27 random-order curves: a right-hand legend outgrew the figure and matplotlib
+    gave up the layout (axes squeezed to a strip)."""
+    import warnings
+
+    from matplotlib.text import Text
+
+    from bctbench.leaderboard.plots import curves_all
+
+    frame = results_frame(results)
+    one = frame[(frame["kind"] == "backfill") & (frame["eval_set"] == "rsynth") & (frame["method"] == "bct")]
+    one = one[one["mode"] == "mixed"]
+    keys = [f"{sorted(METHOD_STYLES)[i % 12]}:p{i}" for i in range(27)]  # board-length names
+    curves = pd.concat([one.assign(method=k) for k in keys], ignore_index=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "constrained_layout not applied" is a UserWarning
+        fig = curves_all(curves, pd.Series([0.3]), "many", "mAP", [(k, "mixed", k) for k in keys])
+        fig.canvas.draw()
+    assert fig.get_size_inches()[0] == 7.0 and not fig.axes[0].get_legend()
+    (legend,) = fig.legends
+    assert legend._ncols == 3 and sum(bool(t.get_text()) for t in legend.get_texts()) == 27 + 2
+    ax = fig.axes[0].get_window_extent(fig.canvas.get_renderer())
+    assert ax.height > 0.4 * fig.dpi * fig.get_size_inches()[1]  # the axes keep most of the height
+    drawn = fig.get_tightbbox(fig.canvas.get_renderer())
+    w, h = fig.get_size_inches()
+    assert drawn.x0 >= -0.01 and drawn.y0 >= -0.01 and drawn.x1 <= w + 0.01 and drawn.y1 <= h + 0.01
+    assert all(t.get_fontsize() >= 8 for t in fig.findobj(Text) if t.get_text().strip())
 
 
 def test_every_figure_is_saved_as_pdf_and_png(results, lb, tmp_path: Path) -> None:
