@@ -11,7 +11,7 @@ SEEDS  ?= 0 1 2
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv bench bench-all reference reference-plan tune tune-all smoke leaderboard reevaluate data test test-all lint format clean
+.PHONY: help venv bench bench-all reference reference-plan reference-boards tune tune-all smoke leaderboard reevaluate data test test-all lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ reference: $(STAMP) ## maintainers: every method x SEEDS into results/reference 
 
 reference-plan: $(STAMP) ## maintainers: every run of the reference boards (clean tree only; resumable; ARGS=--list prints the steps)
 	PYTHON=$(BIN)/python benchmarks/reference_plan.sh $(ARGS)
+
+reference-boards: $(STAMP) ## maintainers: rebuild results/reference/<bench>/leaderboard.md and plots/ from the committed reference results
+	PYTHON=$(BIN)/python benchmarks/reference_boards.sh $(ARGS)
 
 tune: $(STAMP) ## tune METHOD on BENCH's validation sets (writes benchmarks/presets/BENCH/METHOD.yaml; resumable)
 	$(BIN)/bctbench tune --benchmark $(BENCH) --method $(METHOD) $(ARGS)

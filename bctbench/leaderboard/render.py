@@ -63,9 +63,10 @@ def render(
     """
     text, _, _ = _build(results_root, benchmark, fmt, plots_dir, curve_methods, reference_root, strict)
     if out is not None:
-        out_path = Path(out)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(text, encoding="utf-8")
+        from bctbench.identity import atomic_write_bytes
+
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out, text.encode("utf-8"))  # a reader never sees half a board
     return text
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from bctbench import pipeline
 from bctbench.config import load_benchmark
-from bctbench.leaderboard import leaderboard, load_board
+from bctbench.leaderboard import leaderboard, load_board, render
 from bctbench.old_model import load_old_model
 from bctbench.paths import REFERENCE_ROOT
 
@@ -34,3 +34,11 @@ def test_reference_results_are_comparable_and_current(name: str) -> None:
     lb = leaderboard(board.entries)
     cells = [c for c in lb.columns if c.endswith(" n") and "new→old" in c]
     assert cells and (lb.loc[lb["role"] != "reference", cells] >= 3).all().all()
+
+
+@pytest.mark.parametrize("name", [b for b in BENCHES if (REFERENCE_ROOT / b / "leaderboard.md").is_file()])
+def test_committed_board_is_rebuilt_from_the_results_alone(name: str) -> None:
+    """results/reference/<benchmark>/leaderboard.md (benchmarks/reference_boards.sh) is what `bctbench
+    leaderboard --results-root results/reference --no-reference` prints today: no cell hand-edited or stale."""
+    committed = (REFERENCE_ROOT / name / "leaderboard.md").read_text(encoding="utf-8")
+    assert render(REFERENCE_ROOT, name) == committed
