@@ -14,7 +14,7 @@ ARGS   ?=
 .PHONY: help venv bench bench-all reference reference-plan reference-boards tune tune-all smoke leaderboard reevaluate data test test-all lint format clean
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-16s %s\n", $$1, $$2}'
 	@echo "  variables: METHOD=$(METHOD) BENCH=$(BENCH) SEED=$(SEED) SEEDS='$(SEEDS)'"
 
 $(STAMP): pyproject.toml
