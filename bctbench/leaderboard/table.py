@@ -452,9 +452,11 @@ def leaderboard(
         r["best"] = r["key"] == best
     mdd = _mdd(names, scores, p_all)
 
+    by_key = {x["key"]: x for x in rows}  # list.sort empties `rows` while it runs: look anchors up here
+
     def sort_key(r: dict[str, Any]) -> tuple:
         rank = {"reference": 0, "paragon": 1}.get(r["role"], 2)
-        anchor = next((x for x in rows if x["key"] == r["key"].removesuffix(" (yours)")), r)
+        anchor = by_key.get(r["key"].removesuffix(" (yours)"), r)
         tier = anchor.get("tier") or 10**6
         p1 = anchor.get("P_1", math.nan)
         p1 = -p1 if isinstance(p1, float) and math.isfinite(p1) else math.inf

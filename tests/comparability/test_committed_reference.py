@@ -7,7 +7,7 @@ import pytest
 
 from bctbench import pipeline
 from bctbench.config import load_benchmark
-from bctbench.leaderboard import leaderboard, load_board, render
+from bctbench.leaderboard import is_sequential, leaderboard, load_board, render, sequential_leaderboard
 from bctbench.old_model import load_old_model
 from bctbench.paths import REFERENCE_ROOT
 
@@ -31,6 +31,11 @@ def test_reference_results_are_comparable_and_current(name: str) -> None:
         assert r.eval_variants["dataset_sha256"] == old.meta["dataset_sha256"]
         assert r.split_sha256 == old.meta["split_sha256"]
         assert r.per_query, f"{r.source}: no per-query scores"
+    if is_sequential([e.result for e in board.entries]):  # AC / AA per method, over seeds
+        seq = sequential_leaderboard(board.entries)
+        cells = [c for c in seq.columns if c.endswith(" AA n") or c.endswith(" AC n")]
+        assert cells and (seq[cells] >= 3).all().all()
+        return
     lb = leaderboard(board.entries)
     cells = [c for c in lb.columns if c.endswith(" n") and "new→old" in c]
     assert cells and (lb.loc[lb["role"] != "reference", cells] >= 3).all().all()

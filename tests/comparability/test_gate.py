@@ -101,6 +101,32 @@ def test_users_runs_sit_beside_the_reference_rows_marked(tmp_path: Path, referen
     assert "independent (φ*) (yours)" in rows and "(yours): your runs" in text
 
 
+def test_a_users_row_sits_beside_its_reference_row_even_when_it_scores_far_lower(
+    tmp_path: Path, reference
+) -> None:
+    """Rows are ordered by their reference row's tier and P_1, so (yours) never drifts away from it (the sort
+    once looked its anchor up in the list being sorted, which Python empties meanwhile)."""
+    mine = []
+    for r in all_fixture_results():
+        if (r.method, r.seed) == ("bct", 0):
+            d = r.to_dict()
+            d["metrics"] = [
+                {**m, "value": m["value"] * 0.05} if m["query_model"] == "new" else m for m in d["metrics"]
+            ]
+            d.pop("per_query", None)
+            mine.append(RunResult.from_dict(d, source=r.source))
+    _write(tmp_path / "mine", mine)
+    text = render(tmp_path / "mine", BENCH, reference_root=tmp_path / "ref")
+    rows = [line.split(" | ")[0].strip("| ") for line in text.splitlines() if line.startswith("| ")]
+    assert rows.index("bct (yours)") == rows.index("bct") + 1
+    from bctbench.leaderboard import load_board
+
+    board = load_board(tmp_path / "mine", BENCH, tmp_path / "ref")
+    lb = leaderboard(board.entries).set_index("key")
+    others = lb[(lb["role"] == "method") & (lb["origin"] == "reference")]["P_1"]
+    assert lb.loc["bct (yours)", "P_1"] < others.min()  # on its own score it would sort last
+
+
 def test_a_users_run_with_another_old_model_is_apart(tmp_path: Path, reference) -> None:
     mine = _tampered(
         [r for r in all_fixture_results() if (r.method, r.seed) == ("bct", 0)],
