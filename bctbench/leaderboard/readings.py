@@ -1,5 +1,6 @@
-"""Readings across the rows of one board, printed under the Markdown leaderboard: what tuning changed, how the
-suite's ordering compares with a published one, and what the board cost to compute.
+"""Readings across the rows of one board, printed under the Markdown leaderboard: your runs against the
+reference runs of the same seed, what tuning changed, how the suite's ordering compares with a published one,
+and what the board cost to compute.
 
 All three are functions of the leaderboard frame (:func:`bctbench.leaderboard.table.leaderboard`) and the
 result files alone."""
@@ -18,11 +19,43 @@ from bctbench.published import ADVBCT_P1, ADVBCT_ROWS, advbct_block
 from bctbench.results import RunResult
 from bctbench.statistics import RankAgreement, rank_agreement
 
-__all__ = ["compute_cost", "paper_agreement", "preset_changes", "readings_markdown", "spec_or_none"]
+__all__ = [
+    "compute_cost",
+    "paper_agreement",
+    "preset_changes",
+    "readings_markdown",
+    "spec_or_none",
+    "your_runs",
+]
 
 
 def _tier(x: Any) -> str:
     return str(int(x)) if _finite(x) else "–"
+
+
+def your_runs(lb: pd.DataFrame, results: Iterable[RunResult] = ()) -> pd.DataFrame:
+    """One row per (your row, seed) that the reference row of the same label also has: ``row``, ``seed``,
+    ``old model`` (first 12 hex digits of the seed's old-model identity, from ``results``; the provenance gate
+    admits a run only when it matches the reference run of that seed), ``P_1`` (yours), ``reference P_1`` and
+    ``ΔP_1`` (yours − reference), from the per-seed P_1 in ``lb.attrs``. Empty without such pairs."""
+    per_seed = lb.attrs.get("p1_per_seed") or {}
+    identity = {(r.label, r.seed): r.old_identity for r in results}
+    rows = []
+    for key in lb.loc[lb["origin"] == "yours", "key"] if "origin" in lb.columns else []:
+        ref_key = str(key).removesuffix(" (yours)")
+        mine, ref = per_seed.get(key) or {}, per_seed.get(ref_key) or {}
+        for seed in sorted(set(mine) & set(ref)):
+            rows.append(
+                {
+                    "row": key,
+                    "seed": seed,
+                    "old model": str(identity.get((ref_key, seed)) or "?")[:12],
+                    "P_1": mine[seed],
+                    "reference P_1": ref[seed],
+                    "ΔP_1": mine[seed] - ref[seed],
+                }
+            )
+    return pd.DataFrame(rows)
 
 
 def preset_changes(lb: pd.DataFrame) -> pd.DataFrame:
@@ -138,6 +171,31 @@ def _preset_lines(lb: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _yours_lines(lb: pd.DataFrame, results: Sequence[RunResult]) -> list[str]:
+    table = your_runs(lb, results)
+    if table.empty:
+        return []
+    lines = [
+        "### Your runs against the reference runs of the same seed",
+        "",
+        "| row | seed | old model | P_1 | reference P_1 | ΔP_1 |",
+        "|---|---:|---|---:|---:|---:|",
+    ]
+    for _, r in table.iterrows():
+        lines.append(
+            f"| {r['row']} | {r['seed']} | {r['old model']} | {r['P_1']:.2f} | {r['reference P_1']:.2f} "
+            f"| {r['ΔP_1']:+.2f} |"
+        )
+    lines += [
+        "",
+        "Same seed, same pinned old model (a run with another old-model identity is listed apart, not here); "
+        "ΔP_1 +0.00: the re-run reproduced that seed's reference P_1 (other CPUs or thread counts may differ "
+        "slightly).",
+        "",
+    ]
+    return lines
+
+
 def _paper_lines(lb: pd.DataFrame, spec: Any) -> list[str]:
     readings = paper_agreement(lb, spec)
     if not readings:
@@ -175,9 +233,10 @@ def _cost_lines(results: Sequence[RunResult]) -> list[str]:
 
 
 def readings_markdown(lb: pd.DataFrame, results: Sequence[RunResult], spec: Any = None) -> str:
-    """The readings under the Markdown board: presets vs defaults, the AdvBCT ordering (when ``spec`` matches a
-    block of its table), compute. Empty string when none applies."""
-    lines = [*_preset_lines(lb), *_paper_lines(lb, spec), *_cost_lines(results)]
+    """The readings under the Markdown board: your runs against the reference runs of the same seed, presets
+    vs defaults, the AdvBCT ordering (when ``spec`` matches a block of its table), compute. Empty string when
+    none applies."""
+    lines = [*_yours_lines(lb, results), *_preset_lines(lb), *_paper_lines(lb, spec), *_cost_lines(results)]
     return "\n".join(lines) + "\n" if lines else ""
 
 

@@ -111,3 +111,30 @@ def test_markdown_readings(board) -> None:
     assert "### Presets against the defaults" in text and "| bct | bct:tuned |" in text
     assert "### Compute" in text and f"{len(results)} runs" in text
     assert "AdvBCT" not in text  # no spec: no paper block
+
+
+def test_your_runs_are_set_beside_the_reference_runs_of_the_same_seed(tmp_path) -> None:
+    from bctbench.comparability import gate
+    from bctbench.leaderboard.readings import your_runs
+    from bctbench.results import read_results, write_result
+    from tests.results.bct_results_fixtures import BENCH
+
+    ref, mine = tmp_path / "ref", tmp_path / "mine"
+    for r in all_fixture_results():
+        write_result(r, ref)
+    bct = [r for r in all_fixture_results() if r.method == "bct"]
+    write_result(bct[0], mine)  # a faithful re-run of the first seed
+    lower = _shifted(bct[1], None, -0.02)  # seed 1 re-run came out lower (same hyperparameters)
+    write_result(dataclasses.replace(lower, method_hparams=bct[1].method_hparams), mine)
+    entries = gate(read_results(ref, BENCH), read_results(mine, BENCH)).entries
+    lb = leaderboard(entries)
+    results = [e.result for e in entries]
+    table = your_runs(lb, results).set_index("seed")
+    assert list(table.index) == [bct[0].seed, bct[1].seed] and set(table["row"]) == {"bct (yours)"}
+    assert table.loc[bct[0].seed, "ΔP_1"] == 0.0
+    assert table.loc[bct[1].seed, "ΔP_1"] < 0
+    assert table.loc[bct[0].seed, "old model"] == bct[0].old_identity[:12]
+    text = readings_markdown(lb, results)
+    assert "### Your runs against the reference runs of the same seed" in text
+    assert f"| bct (yours) | {bct[0].seed} | {bct[0].old_identity[:12]} |" in text and "| +0.00 |" in text
+    assert your_runs(leaderboard(all_fixture_results()), all_fixture_results()).empty
