@@ -21,7 +21,7 @@ Metric rows are tidy dicts, values are raw fractions in [0, 1] (rounded only whe
 keys ``eval_set, protocol, metric, mode, order, order_seed, fractions, values, auc`` (+ optional ``nfr``).
 
 Sequential benchmarks (``sequential_steps`` = T > 1) name the models by generation: rows ``query_model = "g{i}"``,
-``gallery_model = "g{j}"`` for every ``i >= j`` (``g0`` is the shared old model; the diagonal holds the
+``gallery_model = "g{j}"`` for every ``i >= j`` (``g0`` is the seed's pinned old model; the diagonal holds the
 self-tests), and ``curves["sequential"]`` holds ``steps`` (T), ``generations`` (per generation: checkpoint
 ``sha256`` and ``path``; for ``g1`` on also ``old_sha256``, the frozen predecessor's parameter digest before and
 after training, ``new_digest`` and ``hparams``) and ``matrices`` (per eval set, protocol and metric: ``matrix``

@@ -1,7 +1,7 @@
 """Sequential multi-step upgrades: generation names, evaluation pairs and compatibility matrices.
 
 A sequential benchmark (``docs/data_formats.md`` §4.5) trains generations ``g0 -> g1 -> ... -> g{T-1}``:
-``g0`` is the shared old model, every later generation is trained by the method with its immediate predecessor
+``g0`` is the seed's pinned old model (shared by every method), every later generation is trained by the method with its immediate predecessor
 as the frozen old model. Evaluation ranks every pair ``g{i} -> g{j}`` with ``i >= j`` (query embedded by
 ``g{i}``, gallery by ``g{j}``; the diagonal holds the self-tests), stored as ordinary tidy metric rows with
 ``query_model = "g{i}"`` and ``gallery_model = "g{j}"``. :func:`compatibility_matrices` turns those rows back

@@ -130,8 +130,9 @@ def sequential_to_markdown(lb: pd.DataFrame) -> str:
             lines.append("| " + " | ".join([str(r["method"]), *cells, str(r["flags"] or "")]) + " |")
         lines.append("")
     lines += [
-        f"Sequential upgrade over {steps} generations: g0 is the shared old model, each later generation is "
-        "trained by the row's method with its predecessor frozen as the old model.",
+        f"Sequential upgrade over {steps} generations: g0 is the seed's pinned old model (shared by every "
+        "method), each later generation is trained by the row's method with its predecessor frozen as the old "
+        "model.",
         "Cells: mean ± half-width of the 95 % CI over seeds (t interval; n seeds), ×100. gi→gj: query embedded by generation i, gallery by generation j "
         "(gi→gi: self-test). AC: share of pairs i > j with gi→gj > gj→gj; AA: mean of all entries i ≥ j "
         "(docs/evaluation.md §5.3), per seed, then over seeds.",
