@@ -1,4 +1,4 @@
-"""Published numbers the suite sets its own rankings beside (``docs/results.md`` §8).
+"""Published numbers the suite sets its own rankings beside (``docs/results.md`` §10).
 
 The AdvBCT paper's main table (Pan et al., CVPR 2023; shown as the results table of the authors' repository):
 P_1 in % per method and allocation, R18 → R18 (extended-data, extended-class) and R18 → R50 (extended-backbone),

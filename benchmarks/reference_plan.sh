@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The reference plan: every run behind the committed reference leaderboards (docs/results.md §7), as
+# The reference plan: every run behind the committed reference leaderboards (docs/results.md §9), as
 # `bctbench run-all --reference` steps. Run it from a clean checkout (run-all --reference refuses a dirty tree);
 # it is resumable: a run whose result exists with the same identities is skipped.
 #

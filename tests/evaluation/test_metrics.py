@@ -324,7 +324,7 @@ def test_gldv2_errors():
 # compatibility metrics (§5)
 # ------------------------------------------------------------------------------------------------------------
 
-# AdvBCT extended-data block (docs/results.md §8): RParis-M, ROxford-M, GLDv2 private mAP@100
+# AdvBCT extended-data block (docs/results.md §10): RParis-M, ROxford-M, GLDv2 private mAP@100
 OLD = {"rparis6k": 75.45, "roxford5k": 49.15, "gldv2": 10.03}
 PARAGON = {"rparis6k": 81.15, "roxford5k": 63.85, "gldv2": 16.48}
 BCT_SELF = {"rparis6k": 80.58, "roxford5k": 56.34, "gldv2": 14.61}
