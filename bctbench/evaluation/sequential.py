@@ -1,9 +1,10 @@
 """Sequential multi-step upgrades: generation names, evaluation pairs and compatibility matrices.
 
 A sequential benchmark (``docs/data_formats.md`` §4.5) trains generations ``g0 -> g1 -> ... -> g{T-1}``:
-``g0`` is the seed's pinned old model (shared by every method), every later generation is trained by the method with its immediate predecessor
-as the frozen old model. Evaluation ranks every pair ``g{i} -> g{j}`` with ``i >= j`` (query embedded by
-``g{i}``, gallery by ``g{j}``; the diagonal holds the self-tests), stored as ordinary tidy metric rows with
+``g0`` is the seed's pinned old model (shared by every method), every later generation is trained by the
+method with its immediate predecessor as the frozen old model. Evaluation ranks every pair ``g{i} -> g{j}``
+with ``i >= j`` (query embedded by ``g{i}``, gallery by ``g{j}``; the diagonal holds the self-tests), stored as
+ordinary tidy metric rows with
 ``query_model = "g{i}"`` and ``gallery_model = "g{j}"``. :func:`compatibility_matrices` turns those rows back
 into ``C[i][j]`` and the summary metrics AC / AA of ``docs/evaluation.md`` §5.3
 (:func:`~bctbench.evaluation.metrics.multi_step_metrics`).

@@ -2,7 +2,7 @@
 reference runs of the same seed, what tuning changed, how the suite's ordering compares with a published one,
 and what the board cost to compute.
 
-All three are functions of the leaderboard frame (:func:`bctbench.leaderboard.table.leaderboard`) and the
+All four are functions of the leaderboard frame (:func:`bctbench.leaderboard.table.leaderboard`) and the
 result files alone."""
 
 from __future__ import annotations

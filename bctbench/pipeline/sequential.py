@@ -204,11 +204,11 @@ def run_sequential(
     runtime: Runtime,
     preset: str | None = None,
 ):
-    """Sequential benchmark run: g0 (the seed's pinned old model, shared by every method), then g1 ... g{T-1} by the method, each with its
-    immediate predecessor frozen as the old model; then the compatibility matrix over all generations
-    (``g{i} -> g{j}``, ``i >= j``) on every eval set plus AC / AA (``docs/evaluation.md`` §5.3). Writes and returns
-    the :class:`RunResult`; the matrix summaries and each generation's provenance are in
-    ``curves["sequential"]``."""
+    """Sequential benchmark run: g0 (the seed's pinned old model, shared by every method), then g1 ... g{T-1}
+    by the method, each with its immediate predecessor frozen as the old model; then the compatibility matrix
+    over all generations (``g{i} -> g{j}``, ``i >= j``) on every eval set plus AC / AA (``docs/evaluation.md``
+    §5.3). Writes and returns the :class:`RunResult`; the matrix summaries and each generation's provenance are
+    in ``curves["sequential"]``."""
     from bctbench import tracking
     from bctbench.evaluation.sequential import compatibility_matrices, generation_name, sequential_pairs
     from bctbench.method import Encoder, module_digest
