@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bctbench.comparability import gate
 from bctbench.errors import BCTBenchError, ConfigError
+from bctbench.identity import atomic_write_bytes
 from bctbench.leaderboard.formats import _RENDERERS
 from bctbench.leaderboard.plots import plot_leaderboard
 from bctbench.leaderboard.readings import readings_markdown, spec_or_none
@@ -63,8 +64,6 @@ def render(
     """
     text, _, _ = _build(results_root, benchmark, fmt, plots_dir, curve_methods, reference_root, strict)
     if out is not None:
-        from bctbench.identity import atomic_write_bytes
-
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out, text.encode("utf-8"))  # a reader never sees half a board
     return text
