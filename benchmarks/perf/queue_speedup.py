@@ -4,7 +4,8 @@ Every timed pass is a real ``bctbench run-all`` subprocess into a *fresh* result
 sharing one warm data and cache root: the dataset, the old models and the shared old-model caches exist before
 the first timed pass (an untimed warm-up pass of the same queue writes them), so the passes differ only in how
 many jobs run at a time. With several rounds the order of the passes alternates. Prints the wall time of each
-pass, runs per hour (jobs x 3600 / wall seconds) and the ratio of each ``--jobs`` value to ``--jobs 1``.
+pass, runs per hour (jobs x 3600 / wall seconds) and the ratio of each ``--jobs`` value to ``--jobs 1``; with several rounds, also each ratio paired within a round
+(median and range over the rounds).
 
 Run it on an otherwise idle machine (the load average is printed before and after: other CPU-bound processes
 change the ratio).
@@ -66,6 +67,21 @@ def _queue(
     return wall
 
 
+def paired_ratios(times: dict[str, list[float]], base: str) -> dict[str, tuple[float, float, float]]:
+    """Per-round speed-up of each pass over ``base``, paired within a round (both passes ran minutes apart, so
+    the machine's drift between rounds cancels): ``{pass: (median, min, max)}`` of ``t_base[r] / t_pass[r]``
+    over the rounds, the pass's runs per hour over the base's. ``times[name]`` holds one wall time per round."""
+    out = {}
+    for name, walls in times.items():
+        if name == base:
+            continue
+        ratios = sorted(b / t for b, t in zip(times[base], walls, strict=True))
+        n = len(ratios)
+        median = ratios[n // 2] if n % 2 else (ratios[n // 2 - 1] + ratios[n // 2]) / 2
+        out[name] = (median, ratios[0], ratios[-1])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--benchmark", default="smoke")
@@ -121,6 +137,12 @@ def main(argv: list[str] | None = None) -> int:
         for name, _, _ in passes:
             ratios = " | ".join(f"{rate[name] / rate[b]:.2f}" for b in bases)
             print(f"| {name} | {min(times[name]):.1f} | {rate[name]:.0f} | {ratios} |")
+        if args.rounds > 1:
+            print()
+            print(f"paired by round ({args.rounds} rounds): speed-up median [min, max]")
+            for b in bases:
+                for name, (med, lo, hi) in paired_ratios(times, b).items():
+                    print(f"  --jobs {name} over --jobs {b}: {med:.2f} [{lo:.2f}, {hi:.2f}]")
     finally:
         if args.keep:
             print(f"kept {work}")

@@ -111,3 +111,20 @@ def test_queue_speedup_smoke_with_a_one_core_base(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "| --jobs | wall s (best) | runs/hour | × --jobs 1 | × --jobs 1 on one core |" in proc.stdout
     assert "| 1 on one core |" in proc.stdout and "| 2 |" in proc.stdout
+
+
+def test_queue_speedup_pairs_ratios_within_a_round():
+    """Each round's ratio uses that round's base: a machine twice as slow in round 2 gives the same speed-up,
+    where the best-of-rounds table would mix rounds."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("queue_speedup", PERF / "queue_speedup.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    times = {"1": [200.0, 400.0, 210.0], "2": [100.0, 200.0, 140.0], "1 on one core": [240.0, 480.0, 250.0]}
+    got = mod.paired_ratios(times, "1")
+    assert set(got) == {"2", "1 on one core"}
+    med, lo, hi = got["2"]
+    assert (med, lo, hi) == (2.0, 1.5, 2.0)
+    med, lo, hi = mod.paired_ratios({"1": [10.0, 30.0], "2": [5.0, 10.0]}, "1")["2"]
+    assert (med, lo, hi) == (2.5, 2.0, 3.0)
