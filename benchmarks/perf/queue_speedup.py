@@ -23,6 +23,7 @@ import argparse
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -75,10 +76,8 @@ def paired_ratios(times: dict[str, list[float]], base: str) -> dict[str, tuple[f
     for name, walls in times.items():
         if name == base:
             continue
-        ratios = sorted(b / t for b, t in zip(times[base], walls, strict=True))
-        n = len(ratios)
-        median = ratios[n // 2] if n % 2 else (ratios[n // 2 - 1] + ratios[n // 2]) / 2
-        out[name] = (median, ratios[0], ratios[-1])
+        ratios = [b / t for b, t in zip(times[base], walls, strict=True)]
+        out[name] = (statistics.median(ratios), min(ratios), max(ratios))
     return out
 
 
