@@ -2,7 +2,8 @@
 # Render every committed reference board from its results alone: results/reference/<benchmark>/leaderboard.md
 # (the Markdown board with its readings) and results/reference/<benchmark>/plots/ (the figures, PDF and PNG;
 # the extra headline backfilling figure shows φ*, online backfilling, BCT, AdvBCT, Hot-refresh and UniBCT:
-# the default row where the board has one, else the tuned preset). Sequential boards have no figures.
+# for each the first row of its list below that the board has — the defaults first for online backfilling,
+# BCT and AdvBCT, the tuned preset first for Hot-refresh and UniBCT). Sequential boards have no figures.
 #
 #   benchmarks/reference_boards.sh [BENCHMARK ...]   (default: every folder under results/reference)
 #

@@ -4,8 +4,8 @@ Every timed pass is a real ``bctbench run-all`` subprocess into a *fresh* result
 sharing one warm data and cache root: the dataset, the old models and the shared old-model caches exist before
 the first timed pass (an untimed warm-up pass of the same queue writes them), so the passes differ only in how
 many jobs run at a time. With several rounds the order of the passes alternates. Prints the wall time of each
-pass, runs per hour (jobs x 3600 / wall seconds) and the ratio of each ``--jobs`` value to ``--jobs 1``; with several rounds, also each ratio paired within a round
-(median and range over the rounds).
+pass, runs per hour (jobs x 3600 / wall seconds) and the ratio of each ``--jobs`` value to ``--jobs 1``; with
+several rounds, also each ratio paired within a round (median and range over the rounds).
 
 Run it on an otherwise idle machine (the load average is printed before and after: other CPU-bound processes
 change the ratio).
