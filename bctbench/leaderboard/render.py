@@ -64,7 +64,6 @@ def render(
     """
     text, _, _ = _build(results_root, benchmark, fmt, plots_dir, curve_methods, reference_root, strict)
     if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out, text.encode("utf-8"))  # a reader never sees half a board
     return text
 
